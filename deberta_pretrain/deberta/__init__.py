@@ -1,0 +1,19 @@
+"""The DeBERTa model with the upstream (seed document) API and release parameter names."""
+
+from .attention import ATTENTION_BACKENDS, DisentangledSelfAttention, set_attention_backend
+from .bert import BertEmbeddings, BertEncoder, BertLayer, ConvLayer
+from .config import ModelConfig, PoolConfig
+from .deberta import DeBERTa
+from .mlm import BertLMPredictionHead, EnhancedMaskDecoder, MaskedLanguageModel
+from .nnmodule import NNModule
+from .ops import BertLayerNorm, MaskedLayerNorm, StableDropout, XSoftmax
+from .pooling import ContextPooler, SequenceClassificationModel
+from .relative_position import build_relative_position, make_log_bucket_position
+
+__all__ = [
+    "ATTENTION_BACKENDS", "BertEmbeddings", "BertEncoder", "BertLayer", "BertLayerNorm", "BertLMPredictionHead",
+    "ContextPooler", "ConvLayer", "DeBERTa", "DisentangledSelfAttention", "EnhancedMaskDecoder",
+    "MaskedLanguageModel", "MaskedLayerNorm", "ModelConfig", "NNModule", "PoolConfig",
+    "SequenceClassificationModel", "StableDropout", "XSoftmax", "build_relative_position",
+    "make_log_bucket_position", "set_attention_backend",
+]

@@ -1,0 +1,48 @@
+"""Shared test set-up: CPU-only determinism, the GPU marker, small model configs."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def small_config(generation: str, position_biased_input: bool = False, **overrides) -> dict:
+    """A small v1 or v3-style config dict (the release schema), cheap enough for exhaustive checks."""
+    base = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=97,
+                max_position_embeddings=64, relative_attention=True, position_biased_input=position_biased_input,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=0, hidden_act="gelu",
+                layer_norm_eps=1e-7, initializer_range=0.02)
+    if generation == "v1":
+        base.update(model_type="deberta", pos_att_type="c2p|p2c", max_relative_positions=-1)
+    else:
+        base.update(model_type="deberta-v2", pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True,
+                    norm_rel_ebd="layer_norm", attention_head_size=8, max_relative_positions=-1)
+    base.update(overrides)
+    return base
+
+
+def padded_batch(vocab_size=97, lengths=(20, 13, 1), seed=0):
+    """Token ids and a 2-D input mask for rows of the given lengths, padded with 0 to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    length = max(lengths)
+    ids = torch.randint(4, vocab_size, (len(lengths), length), generator=g)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return ids * mask, mask
