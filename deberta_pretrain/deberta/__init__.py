@@ -4,6 +4,7 @@ from .attention import ATTENTION_BACKENDS, DisentangledSelfAttention, set_attent
 from .bert import BertEmbeddings, BertEncoder, BertLayer, ConvLayer
 from .config import ModelConfig, PoolConfig
 from .deberta import DeBERTa
+from .gpt2_tokenizer import GPT2Tokenizer
 from .mlm import BertLMPredictionHead, EnhancedMaskDecoder, MaskedLanguageModel
 from .nnmodule import NNModule
 from .ops import BertLayerNorm, MaskedLayerNorm, StableDropout, XSoftmax
@@ -12,7 +13,7 @@ from .relative_position import build_relative_position, make_log_bucket_position
 
 __all__ = [
     "ATTENTION_BACKENDS", "BertEmbeddings", "BertEncoder", "BertLayer", "BertLayerNorm", "BertLMPredictionHead",
-    "ContextPooler", "ConvLayer", "DeBERTa", "DisentangledSelfAttention", "EnhancedMaskDecoder",
+    "ContextPooler", "ConvLayer", "DeBERTa", "DisentangledSelfAttention", "EnhancedMaskDecoder", "GPT2Tokenizer",
     "MaskedLanguageModel", "MaskedLayerNorm", "ModelConfig", "NNModule", "PoolConfig",
     "SequenceClassificationModel", "StableDropout", "XSoftmax", "build_relative_position",
     "make_log_bucket_position", "set_attention_backend",

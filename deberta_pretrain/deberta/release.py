@@ -27,3 +27,12 @@ def resolve_model_path(model_path: str, tag=None, no_cache=False, cache_dir=None
             f"download microsoft/{RELEASE_NAMES[model_path]} yourself and pass the local directory instead")
     raise FileNotFoundError(f"model not found: {model_path!r} is neither a local file/directory nor a release name "
                             f"({', '.join(sorted(RELEASE_NAMES))})")
+
+
+def resolve_vocab_path(vocab_file: str, tag=None, no_cache=False, cache_dir=None) -> str:
+    """A local vocabulary file as is; otherwise an error naming what was looked for."""
+    vocab_file = os.fspath(vocab_file)
+    if os.path.exists(vocab_file):
+        return vocab_file
+    raise FileNotFoundError(f"vocabulary not found: {vocab_file!r} is not a local file; build one with "
+                            f"`python data_prep/build_vocab.py output=<dir>/bpe_encoder.bin`")
