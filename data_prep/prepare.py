@@ -1,0 +1,32 @@
+"""Prepare training data: text -> GPT2-BPE ids -> packed blocks -> shards + manifest.json.
+
+    python data_prep/prepare.py output=data/python-help max_seq_length=128
+    python data_prep/prepare.py output=data/wiki source=text source.paths='[wiki/*.txt]' num_proc=8
+    python data_prep/prepare.py output=data/wt103 source=hf source.name=wikitext source.config_name=wikitext-103-raw-v1
+
+Settings: conf/data_prep/prepare.yaml and conf/data_prep/source/.
+"""
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deberta_pretrain.data.prepare import prepare  # noqa: E402
+
+
+@hydra.main(version_base=None, config_path="../conf/data_prep", config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO)
+    manifest = prepare(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['num_samples']} blocks of {manifest['max_seq_length']} tokens, "
+              f"{info['num_tokens']} tokens, {info['num_documents']} documents, {len(info['shards'])} shards")
+    print(f"wrote {os.path.abspath(cfg.output)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""File helpers shared by data prep, checkpoints and export: atomic writes and hashing.
+
+An atomic write goes to a temporary file in the target directory, is flushed to disk, gets the permissions a
+normal file would get (umask), and is renamed over the target: readers see the old file or the complete new one,
+never a partial one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def sha256_file(path, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path, write) -> None:
+    """Create ``path`` atomically; ``write(f)`` writes the content to the binary file object ``f``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; data is shared with other users and nodes
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path, obj) -> None:
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write(path, lambda f: f.write(data))
