@@ -1,0 +1,1 @@
+"""Pretraining: distributed set-up, DeepSpeed config, optimizer and schedule, checkpoints, metrics, the loop."""

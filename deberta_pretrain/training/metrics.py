@@ -1,0 +1,108 @@
+"""Throughput, model FLOPs (MFU), and where metrics go: ``metrics.jsonl``, wandb, the progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+
+from ..deberta.relative_position import make_log_bucket_position
+
+logger = logging.getLogger(__name__)
+
+# Dense bf16/fp16 tensor-core peak per device in TFLOP/s (vendor specifications), matched against the device name.
+PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
+               ("V100", 125.0))
+
+
+def detect_peak_tflops(device_name: str | None) -> float | None:
+    if not device_name:
+        return None
+    for key, value in PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+def relative_slots(config, length: int) -> int:
+    """R, the number of relative-position slots a sequence of ``length`` actually uses."""
+    if not config.relative_attention or not config.pos_att_type:
+        return 0
+    span = config.relative_span
+    if config.is_v2 and config.position_buckets > 0:
+        import torch  # noqa: PLC0415
+
+        top = int(make_log_bucket_position(torch.tensor([length - 1]), config.position_buckets,
+                                           config.max_relative_distance)[0])
+        return min(2 * top + 1, 2 * span)
+    return min(2 * length - 1, 2 * span)
+
+
+def flops_per_token(config, length: int, mask_fraction: float, emd: bool, tokens_per_step: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) per token, PaLM-style model FLOPs (PERFORMANCE.md §4), for
+    our implementation: sparse MLM head over the masked fraction ``f``, EMD queries only at masked positions."""
+    d, n, dff, vocab = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
+    a = config.num_attention_heads * config.head_size
+    e = config.embed_size
+    r = relative_slots(config, length)
+    linears = 4 * d * a + 2 * d * dff
+    per_layer = 6 * linears + 12 * a * length + 12 * a * r * (len(config.pos_att_type) / 2 if r else 0)
+    total = n * per_layer
+    total += 3 * mask_fraction * (2 * d * e + 2 * e * vocab)
+    if emd:  # two passes of the last layer: K/V over all tokens, the rest over masked queries only
+        total += 2 * (6 * 2 * d * a + mask_fraction * (6 * (2 * d * a + 2 * d * dff) + 12 * a * length + 12 * a * r))
+    if r:
+        total += n * 6 * 2 * (2 * config.relative_span) * d * a / max(tokens_per_step, 1)
+    return total
+
+
+class MetricsLogger:
+    """Rank 0 only: appends JSON lines to ``metrics.jsonl`` and mirrors them to wandb."""
+
+    def __init__(self, run_dir: str, cfg, resume_id: str | None, enabled: bool):
+        self.enabled = enabled
+        self.wandb_run = None
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.run_id = resume_id
+        if not enabled:
+            return
+        mode = cfg.logging.wandb.mode
+        if mode != "disabled":
+            import wandb  # noqa: PLC0415
+            from omegaconf import OmegaConf  # noqa: PLC0415
+
+            self.run_id = resume_id or secrets.token_hex(4)
+            os.makedirs(os.path.join(run_dir, "wandb"), exist_ok=True)
+            self.wandb_run = wandb.init(project=cfg.logging.wandb.project, entity=cfg.logging.wandb.entity,
+                                        name=cfg.name, id=self.run_id, resume="allow", mode=mode, dir=run_dir,
+                                        tags=list(cfg.logging.wandb.tags),
+                                        config=OmegaConf.to_container(cfg, resolve=True))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(clean, sort_keys=True) + "\n")
+        if self.wandb_run is not None:
+            prefix = record.get("split", "train")
+            self.wandb_run.log({f"{prefix}/{k}": v for k, v in clean.items() if k not in ("step", "split")
+                                and isinstance(v, (int, float))}, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """The records of ``metrics.jsonl``; with restarts, the last record of each (split, step) wins."""
+    latest: dict = {}
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                latest[(record.get("split", "train"), record["step"])] = record
+    return [latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1]))]

@@ -1,0 +1,101 @@
+"""Optimizer parameter groups, the DeepSpeed config, and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from omegaconf import OmegaConf
+
+NO_DECAY = re.compile(r"bias|LayerNorm\.weight")  # upstream: no weight decay on biases and LayerNorm weights
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if NO_DECAY.search(name) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based).
+
+    ``linear`` is upstream's ``warmup_linear``: with ``x = step / total`` and ``w = warmup / total``, ``x / w``
+    during warmup, then ``(1 - end) * (1 - x) + end`` (the decay is not renormalised after warmup, as upstream).
+    ``cosine``: linear warmup, then cosine from 1 to ``end``. ``constant``: warmup, then 1.
+    """
+    if warmup > 0 and step < warmup:
+        return step / warmup
+    if schedule == "constant":
+        return 1.0
+    x = min(step / max(total, 1), 1.0)
+    if schedule == "linear":
+        return (1 - end_ratio) * (1 - x) + end_ratio
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return end_ratio + (1 - end_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, cfg.train.max_steps, cfg.optim.warmup_steps, cfg.optim.schedule,
+                                              cfg.optim.end_lr_ratio))
+
+
+def adam_params(cfg) -> dict:
+    return {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2), "eps": cfg.optim.eps,
+            "weight_decay": cfg.optim.weight_decay}
+
+
+def uses_deepspeed_optimizer(cfg, on_gpu: bool) -> bool:
+    """DeepSpeed's own Adam (fused on GPU, CPU-Adam with offload); elsewhere a torch AdamW, so nothing compiles."""
+    return on_gpu or cfg.deepspeed.offload
+
+
+def deepspeed_config(cfg, world_size: int, on_gpu: bool) -> dict:
+    """The DeepSpeed config dict for this run; ``deepspeed.extra`` is merged in last."""
+    micro, global_batch = cfg.train.micro_batch_size, cfg.train.global_batch_size
+    if global_batch % (micro * world_size):
+        raise ValueError(f"train.global_batch_size ({global_batch}) must be a multiple of train.micro_batch_size "
+                         f"x world size ({micro} x {world_size})")
+    zero = {"stage": cfg.deepspeed.zero_stage}
+    if cfg.deepspeed.offload:
+        if cfg.deepspeed.zero_stage < 1:
+            raise ValueError("deepspeed.offload needs deepspeed.zero_stage >= 1")
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+        if cfg.deepspeed.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    config = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": global_batch // (micro * world_size),
+        "gradient_clipping": cfg.train.gradient_clipping,
+        "zero_optimization": zero,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif cfg.precision == "fp16":
+        if not on_gpu:
+            raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                          "hysteresis": 2, "min_loss_scale": 1}
+    if uses_deepspeed_optimizer(cfg, on_gpu):
+        params = adam_params(cfg)
+        params["betas"] = list(params["betas"])
+        config["optimizer"] = {"type": "AdamW", "params": params}
+    extra = cfg.deepspeed.extra or {}
+    if not isinstance(extra, dict):
+        extra = OmegaConf.to_container(extra, resolve=True)
+    return _merge(config, extra)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _merge(dict(base[key]), value)
+        else:
+            base[key] = value
+    return base

@@ -1,0 +1,38 @@
+"""DeBERTa MLM pretraining under DeepSpeed, configured with Hydra.
+
+    deepspeed launch/pretrain.py name=run1 data.path=data/wiki model=deberta-base deepspeed=zero2
+    torchrun --nproc_per_node 8 launch/pretrain.py name=run1 ...
+    python launch/pretrain.py experiment=quickstart            # one process (CPU or one GPU)
+
+Running again with the same name resumes from the last complete checkpoint in outputs/<name>/checkpoints.
+Configs: conf/pretrain.yaml and its groups; every key is in the README.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deberta_pretrain.training.distributed import prepare_argv  # noqa: E402
+
+prepare_argv()  # the deepspeed launcher's --local_rank must go before Hydra parses the command line
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from deberta_pretrain.config import register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="pretrain")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from deberta_pretrain.training.trainer import pretrain
+
+    pretrain(cfg)
+
+
+if __name__ == "__main__":
+    main()
