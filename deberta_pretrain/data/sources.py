@@ -1,0 +1,140 @@
+"""Document sources for data prep: each yields documents (strings) in a fixed order, one at a time, so a corpus
+larger than memory streams through.
+
+* ``text``: files matching ``paths`` (globs, sorted); ``doc_separator`` ``line`` (one document per line) or
+  ``blank_line`` (paragraphs separated by empty lines).
+* ``jsonl``: one JSON record per line, the document in ``text_field``.
+* ``parquet``: the column ``text_field``, read one row group at a time.
+* ``hf``: a ``datasets`` corpus (``name``, ``config_name``, ``split``), streamed by default.
+* ``python-help``: the English help topics that ship with CPython (``pydoc_data.topics``), on every machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Iterator
+
+SOURCE_TYPES = ("text", "jsonl", "parquet", "hf", "python-help")
+
+
+def expand_paths(patterns) -> list[str]:
+    """Sorted files matching the glob ``patterns``; a pattern that matches nothing is an error naming it."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        raise ValueError("source.paths is empty: give files or globs, e.g. source.paths='[corpus/*.txt]'")
+    files = []
+    for pattern in patterns:
+        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise FileNotFoundError(f"source.paths: no file matches {pattern!r}")
+        files.extend(matches)
+    return files
+
+
+def _text_documents(files, separator: str) -> Iterator[str]:
+    if separator not in ("line", "blank_line"):
+        raise ValueError(f"source.doc_separator must be 'line' or 'blank_line', got {separator!r}")
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            paragraph = []
+            for line in f:
+                line = line.rstrip("\n")
+                if separator == "line":
+                    if line.strip():
+                        yield line
+                elif line.strip():
+                    paragraph.append(line)
+                elif paragraph:
+                    yield "\n".join(paragraph)
+                    paragraph = []
+            if paragraph:
+                yield "\n".join(paragraph)
+
+
+def _field(record, field: str, where: str) -> str:
+    if not isinstance(record, dict) or field not in record:
+        raise ValueError(f"{where}: no field {field!r} (set source.text_field)")
+    value = record[field]
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, not text")
+    return value
+
+
+def _jsonl_documents(files, field: str) -> Iterator[str]:
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{file}:{number}: not JSON: {e}") from e
+                text = _field(record, field, f"{file}:{number}")
+                if text.strip():
+                    yield text
+
+
+def _parquet_documents(files, field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq  # noqa: PLC0415 (comes with datasets)
+
+    for file in files:
+        reader = pq.ParquetFile(file)
+        if field not in reader.schema_arrow.names:
+            raise ValueError(f"{file}: no column {field!r} (columns: {', '.join(reader.schema_arrow.names)}; "
+                             f"set source.text_field)")
+        for group in range(reader.num_row_groups):
+            for text in reader.read_row_group(group, columns=[field]).column(field).to_pylist():
+                if text and text.strip():
+                    yield text
+
+
+def _hf_documents(source: dict) -> Iterator[str]:
+    import datasets  # noqa: PLC0415
+
+    name = source.get("name")
+    if not name:
+        raise ValueError("source.name: give a datasets corpus name, e.g. source.name=wikitext")
+    corpus = datasets.load_dataset(name, source.get("config_name"), split=source.get("split", "train"),
+                                   streaming=bool(source.get("streaming", True)))
+    field = source.get("text_field", "text")
+    for number, record in enumerate(corpus):
+        text = _field(record, field, f"{name} record {number}")
+        if text.strip():
+            yield text
+
+
+def python_help_topics() -> list[str]:
+    """CPython's help topics (``help('FORMATTING')`` etc.), sorted by topic name."""
+    from pydoc_data.topics import topics  # noqa: PLC0415
+
+    return [topics[name] for name in sorted(topics) if topics[name].strip()]
+
+
+def iter_documents(source: dict) -> Iterator[str]:
+    """The documents of the source described by ``source`` (the ``source`` group of the data-prep config)."""
+    kind = source.get("type")
+    if kind == "text":
+        return _text_documents(expand_paths(source.get("paths")), source.get("doc_separator", "line"))
+    if kind == "jsonl":
+        return _jsonl_documents(expand_paths(source.get("paths")), source.get("text_field", "text"))
+    if kind == "parquet":
+        return _parquet_documents(expand_paths(source.get("paths")), source.get("text_field", "text"))
+    if kind == "hf":
+        return _hf_documents(source)
+    if kind == "python-help":
+        return iter(python_help_topics())
+    raise ValueError(f"source.type must be one of {SOURCE_TYPES}, got {kind!r}")
+
+
+def total_bytes(source: dict) -> int | None:
+    """Size of the source in bytes for the progress bar (None when unknown: a streamed corpus, compressed parquet)."""
+    kind = source.get("type")
+    if kind in ("text", "jsonl"):
+        return sum(os.path.getsize(p) for p in expand_paths(source.get("paths")))
+    if kind == "python-help":
+        return sum(len(t.encode("utf-8")) for t in python_help_topics())
+    return None

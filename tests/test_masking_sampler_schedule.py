@@ -1,0 +1,189 @@
+"""MLM masking, the step sampler, the LR schedule, the DeepSpeed config arithmetic and the FLOP formula."""
+
+import math
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from deberta_pretrain.config import PretrainSchema
+from deberta_pretrain.data.masking import IGNORE_INDEX, MLMCollator, default_max_predictions
+from deberta_pretrain.data.sampler import StepSampler
+from deberta_pretrain.deberta import ModelConfig
+from deberta_pretrain.training import metrics, optim
+
+VOCAB, MASK, PAD, CLS, SEP, UNK = 1000, 999, 0, 1, 2, 3
+SPECIAL = [PAD, CLS, SEP, UNK, MASK]
+
+
+def blocks(n=64, length=128, seed=0):
+    rng = np.random.default_rng(seed)
+    out = rng.integers(4, MASK, size=(n, length))
+    out[:, 0], out[:, -1] = CLS, SEP
+    out[::3, 100:] = PAD  # some padded blocks
+    return out
+
+
+def collator(masking="token", **kw):
+    continuation = np.zeros(VOCAB, dtype=bool)
+    continuation[500:MASK] = True  # ids >= 500 continue the previous word
+    return MLMCollator(VOCAB, MASK, PAD, SPECIAL, seed=7, masking=masking, continuation=continuation, **kw)
+
+
+def test_masking_rates_specials_and_labels():
+    c = collator()
+    data = blocks(400)
+    batch = c([(i, 0, b) for i, b in enumerate(data)])
+    ids, labels, inputs = data, batch["labels"].numpy(), batch["input_ids"].numpy()
+    predicted = labels != IGNORE_INDEX
+    candidates = ~np.isin(ids, SPECIAL)
+    rate = predicted.sum() / candidates.sum()
+    assert abs(rate - 0.15) < 0.01
+    assert not predicted[~candidates].any()  # specials and padding are never predicted
+    assert (labels[predicted] == ids[predicted]).all()
+    masked = inputs[predicted] == MASK
+    kept = inputs[predicted] == ids[predicted]
+    random = ~masked & ~kept
+    assert abs(masked.mean() - 0.8) < 0.02 and abs(random.mean() - 0.1) < 0.02
+    assert (inputs[~predicted] == ids[~predicted]).all()
+    assert (batch["input_mask"].numpy() == (ids != PAD)).all()
+    assert not np.isin(inputs[predicted][random], SPECIAL).any()
+
+
+def test_masks_depend_only_on_seed_epoch_and_index():
+    c = collator()
+    data = blocks(8)
+    together = c([(i, 3, b) for i, b in enumerate(data)])["input_ids"].numpy()
+    alone = np.stack([c([(i, 3, data[i])])["input_ids"].numpy()[0] for i in reversed(range(8))][::-1])
+    assert (together == alone).all()
+    other_epoch = c([(i, 4, b) for i, b in enumerate(data)])["input_ids"].numpy()
+    assert (other_epoch != together).any()
+
+
+def test_max_predictions_cap_and_upstream_default():
+    assert default_max_predictions(512) == 80 and default_max_predictions(128) == 20
+    c = collator(mask_prob=0.5, max_predictions=5)
+    labels = c([(0, 0, blocks(1)[0])])["labels"].numpy()
+    assert (labels != IGNORE_INDEX).sum() == 5
+
+
+def word_spans(ids):
+    """Positions grouped into words by the continuation rule of `collator`."""
+    words, current = [], []
+    for pos, token in enumerate(ids):
+        if token in SPECIAL:
+            if current:
+                words.append(current)
+            current = []
+            continue
+        if current and token >= 500:
+            current.append(pos)
+        else:
+            if current:
+                words.append(current)
+            current = [pos]
+    if current:
+        words.append(current)
+    return words
+
+
+@pytest.mark.parametrize("masking", ["whole_word", "span"])
+def test_whole_words_are_masked_together(masking):
+    c = collator(masking)
+    data = blocks(100)
+    batch = c([(i, 0, b) for i, b in enumerate(data)])
+    labels = batch["labels"].numpy()
+    runs = []
+    for row in range(len(data)):
+        predicted = set(np.nonzero(labels[row] != IGNORE_INDEX)[0].tolist())
+        assert predicted
+        words = word_spans(data[row])
+        for word in words:
+            hit = [p in predicted for p in word]
+            assert all(hit) or not any(hit), "a word is either fully predicted or not at all"
+        flags = [all(p in predicted for p in w) for w in words]
+        run = 0
+        for flag in flags + [False]:
+            if flag:
+                run += 1
+            elif run:
+                runs.append(run)
+                run = 0
+    if masking == "span":
+        assert max(runs) >= 2  # n-grams of several words occur
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_every_sample_read_exactly_once_per_epoch(world_size):
+    num_samples, micro = 96, 2
+    global_batch = micro * world_size * 2
+    samplers = [StepSampler(num_samples, 5, global_batch, micro, world_size, r) for r in range(world_size)]
+    seen = []
+    steps = math.ceil(num_samples / global_batch) + 1
+    for step in range(steps):
+        for m in range(samplers[0].accumulation):
+            for s in samplers:
+                seen.extend(s.micro_batch(step, m))
+    epoch0 = [index for epoch, index in seen if epoch == 0]
+    assert sorted(epoch0) == list(range(num_samples))
+    # The same global batch is read whatever the world size: the stream does not depend on it.
+    reference = StepSampler(num_samples, 5, global_batch, global_batch, 1, 0)
+    assert sorted(seen[:global_batch]) == sorted(reference.micro_batch(0, 0))
+
+
+def test_upstream_warmup_linear_by_hand():
+    # total 100 steps, warmup 10: x/w during warmup, then (1 - x) with x = step / total (not renormalised).
+    assert optim.lr_multiplier(5, 100, 10, "linear") == pytest.approx(0.5)
+    assert optim.lr_multiplier(10, 100, 10, "linear") == pytest.approx(0.9)
+    assert optim.lr_multiplier(60, 100, 10, "linear") == pytest.approx(0.4)
+    assert optim.lr_multiplier(60, 100, 10, "linear", end_ratio=0.1) == pytest.approx(0.9 * 0.4 + 0.1)
+    assert optim.lr_multiplier(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert optim.lr_multiplier(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert optim.lr_multiplier(50, 100, 10, "constant") == 1.0
+
+
+def test_deepspeed_config_batch_arithmetic_and_errors():
+    cfg = OmegaConf.structured(PretrainSchema(name="x"))
+    cfg.train.global_batch_size, cfg.train.micro_batch_size, cfg.precision = 64, 8, "bf16"
+    config = optim.deepspeed_config(cfg, world_size=4, on_gpu=False)
+    assert config["gradient_accumulation_steps"] == 2 and config["bf16"] == {"enabled": True}
+    assert "optimizer" not in config  # CPU: a torch AdamW is passed in, nothing to compile
+    assert optim.deepspeed_config(cfg, world_size=4, on_gpu=True)["optimizer"]["type"] == "AdamW"
+    cfg.deepspeed.extra = {"zero_optimization": {"reduce_bucket_size": 123}}
+    merged = optim.deepspeed_config(cfg, world_size=1, on_gpu=False)
+    assert merged["zero_optimization"] == {"stage": 0, "reduce_bucket_size": 123}
+    with pytest.raises(ValueError, match="global_batch_size"):
+        optim.deepspeed_config(cfg, world_size=3, on_gpu=False)
+    cfg.precision = "fp16"
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        optim.deepspeed_config(cfg, world_size=1, on_gpu=False)
+
+
+def test_no_weight_decay_on_biases_and_layer_norm_weights():
+    import torch
+
+    model = torch.nn.Module()
+    model.dense = torch.nn.Linear(2, 2)
+    model.LayerNorm = torch.nn.LayerNorm(2)
+    decay, no_decay = optim.param_groups(model, 0.01)
+    assert decay["params"] == [model.dense.weight] and decay["weight_decay"] == 0.01
+    assert {id(p) for p in no_decay["params"]} == {id(model.dense.bias), id(model.LayerNorm.weight),
+                                                   id(model.LayerNorm.bias)}
+
+
+def test_flops_per_token_reproduces_the_published_accounting():
+    """PERFORMANCE.md §4 worked values (sparse head f=0.15, no EMD): v3-base 712 and v1-base 715 MFLOP/token at
+    L=512, v3-base 641 at L=128."""
+    v3 = ModelConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                     vocab_size=128100, relative_attention=True, pos_att_type="p2c|c2p", position_buckets=256,
+                     share_att_key=True, norm_rel_ebd="layer_norm", attention_head_size=64)
+    v1 = ModelConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                     vocab_size=50265, relative_attention=True, pos_att_type="c2p|p2c")
+    huge = 10**12  # amortised relative-embedding projections vanish
+    assert metrics.relative_slots(v3, 512) == 511 and metrics.relative_slots(v3, 128) == 255
+    assert metrics.relative_slots(v1, 512) == 1023
+    assert metrics.flops_per_token(v3, 512, 0.15, False, huge) / 1e6 == pytest.approx(712, rel=0.01)
+    assert metrics.flops_per_token(v1, 512, 0.15, False, huge) / 1e6 == pytest.approx(715, rel=0.01)
+    assert metrics.flops_per_token(v3, 128, 0.15, False, huge) / 1e6 == pytest.approx(641, rel=0.01)
+    assert metrics.detect_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert metrics.detect_peak_tflops("NVIDIA H100 PCIe") == 756.0
