@@ -69,6 +69,7 @@ class DataSchema:
     random_token_prob: float = 0.1
     num_workers: int = 0
     verify: str = "full"  # full | size | none: shard checks at start-up
+    stage_dir: Optional[str] = None  # node-local directory to copy the data to before training (multi-node)
 
 
 @dataclass

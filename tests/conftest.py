@@ -46,3 +46,15 @@ def padded_batch(vocab_size=97, lengths=(20, 13, 1), seed=0):
     for row, n in enumerate(lengths):
         mask[row, :n] = 1
     return ids * mask, mask
+
+
+@pytest.fixture(scope="session")
+def python_help_64(tmp_path_factory):
+    """The built-in python-help text prepared in blocks of 64 tokens (10 % validation, several shards)."""
+    from deberta_pretrain.data.prepare import prepare  # noqa: PLC0415
+
+    path = tmp_path_factory.mktemp("data") / "python-help"
+    prepare({"output": str(path), "source": {"type": "python-help"}, "vocab": None, "engine": "auto",
+             "max_seq_length": 64, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 0.1,
+             "num_proc": 1, "overwrite": False}, progress=False)
+    return path

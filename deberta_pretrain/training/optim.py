@@ -20,7 +20,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` (0-based).
+    """Learning-rate multiplier of the ``step``-th optimizer update (1-based, as upstream's ``state['step']``, so
+    the first update does not have a learning rate of 0).
 
     ``linear`` is upstream's ``warmup_linear``: with ``x = step / total`` and ``w = warmup / total``, ``x / w``
     during warmup, then ``(1 - end) * (1 - x) + end`` (the decay is not renormalised after warmup, as upstream).
@@ -39,7 +40,7 @@ def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: 
 
 def build_scheduler(optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, cfg.train.max_steps, cfg.optim.warmup_steps, cfg.optim.schedule,
+        optimizer, lambda step: lr_multiplier(step + 1, cfg.train.max_steps, cfg.optim.warmup_steps, cfg.optim.schedule,
                                               cfg.optim.end_lr_ratio))
 
 

@@ -23,6 +23,7 @@ from ..data.masking import MLMCollator
 from ..data.prepare import vocab_identity
 from ..data.sampler import StepSampler
 from ..data.shards import VOCAB_FILE
+from ..data.staging import stage_dataset, staged_path
 from ..deberta import GPT2Tokenizer, MaskedLanguageModel, ModelConfig, set_attention_backend
 from ..deberta.loading import load_model_state
 from ..deberta.nnmodule import report_load_result
@@ -38,17 +39,27 @@ RESUME_KEYS = ("model", "data.path", "data.masking", "data.mask_prob", "data.max
 FAULT_ENV = "DEBERTA_PRETRAIN_FAULT"  # fault injection for tests: "sigterm@STEP" or "sigkill@STEP"
 
 
-class StopSignal:
-    """SIGTERM/SIGUSR1 set a flag; the loop checkpoints at the next step boundary and exits."""
+STOP_FILE = "STOP"  # created in the run directory (by a user or launch/slurm/pretrain.sbatch) to stop the run
 
-    def __init__(self):
-        self.requested = False
+
+class StopRequest:
+    """SIGTERM/SIGUSR1, or a ``STOP`` file in the run directory: the loop checkpoints at the next step boundary and
+    exits. The file works whatever launcher sits between the scheduler and the ranks (and whether it forwards
+    signals); only rank 0 looks for it, the decision is all-reduced."""
+
+    def __init__(self, run_dir: str, rank: int):
+        self.signalled = False
+        self.stop_file = os.path.join(run_dir, STOP_FILE) if rank == 0 else None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signalled = True
         logger.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or bool(self.stop_file and os.path.exists(self.stop_file))
 
 
 def all_ranks_agree(error: str | None) -> None:
@@ -90,25 +101,37 @@ class Run:
         self.on_gpu = not distributed.on_cpu()
         self.device = torch.device(f"cuda:{self.local_rank}" if self.on_gpu else "cpu")
         self.run_dir = os.path.abspath(os.path.join(cfg.output_root, cfg.name))
-        error = None
-        try:
-            self._check_inputs()
-        except (ValueError, OSError) as e:
-            error = f"{e}"
-        all_ranks_agree(error)
+        for check in (self._locate_data, self._check_inputs):  # each ends with every rank agreeing
+            error = None
+            try:
+                check()
+            except (ValueError, OSError) as e:
+                error = f"{e}"
+            all_ranks_agree(error)
 
-    def _check_inputs(self) -> None:
+    def _locate_data(self) -> None:
+        """Validate the config; with ``data.stage_dir``, the first rank of every node copies the data there."""
         cfg = self.cfg
         schema.validate(cfg)
         if not os.path.isdir(cfg.data.path):
             raise FileNotFoundError(f"data.path: {cfg.data.path} does not exist; prepare data with "
                                     f"`python data_prep/prepare.py output={cfg.data.path} ...`")
-        vocab_path = os.path.join(cfg.data.path, VOCAB_FILE)
+        self.data_path = cfg.data.path
+        if cfg.data.stage_dir:
+            self.data_path = staged_path(cfg.data.path, cfg.data.stage_dir)
+            if self.local_rank == 0:
+                stage_dataset(cfg.data.path, cfg.data.stage_dir)
+
+    def _check_inputs(self) -> None:
+        cfg = self.cfg
+        vocab_path = os.path.join(self.data_path, VOCAB_FILE)
         self.tokenizer = GPT2Tokenizer(vocab_path)
         vocab = vocab_identity(self.tokenizer)
-        verify = cfg.data.verify if self.rank == 0 else ("size" if cfg.data.verify != "none" else "none")
-        self.train_set = ShardedDataset(cfg.data.path, "train", verify=verify, expected_vocab=vocab)
-        self.valid_set = ShardedDataset(cfg.data.path, "validation", verify=verify, expected_vocab=vocab)
+        # Hashing every shard once is enough: on rank 0, and on each node's first rank for node-local copies.
+        full = self.rank == 0 or (cfg.data.stage_dir and self.local_rank == 0)
+        verify = cfg.data.verify if full else ("size" if cfg.data.verify != "none" else "none")
+        self.train_set = ShardedDataset(self.data_path, "train", verify=verify, expected_vocab=vocab)
+        self.valid_set = ShardedDataset(self.data_path, "validation", verify=verify, expected_vocab=vocab)
         self.model_config = model_config_from(cfg)
         if self.model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"model.vocab_size ({self.model_config.vocab_size}) is smaller than the data's "
@@ -132,7 +155,9 @@ class Run:
             os.makedirs(os.path.join(self.run_dir, ".hydra"), exist_ok=True)
             OmegaConf.save(self.cfg, os.path.join(self.run_dir, ".hydra", "config.yaml"), resolve=True)
             write_json_atomic(os.path.join(self.run_dir, "model_config.json"), self.model_config.to_dict())
-            shutil.copyfile(os.path.join(self.cfg.data.path, VOCAB_FILE), os.path.join(self.run_dir, VOCAB_FILE))
+            if os.path.exists(os.path.join(self.run_dir, STOP_FILE)):  # it stopped the previous start
+                os.remove(os.path.join(self.run_dir, STOP_FILE))
+            shutil.copyfile(os.path.join(self.data_path, VOCAB_FILE), os.path.join(self.run_dir, VOCAB_FILE))
             handler = logging.FileHandler(os.path.join(self.run_dir, "train.log"))
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)
@@ -253,7 +278,7 @@ def pretrain(cfg) -> dict:
     tokens_per_step = cfg.train.global_batch_size * length
     flops_tok = metrics.flops_per_token(run.model_config, length, cfg.data.mask_prob,
                                         engine.module.lm_predictions.use_emd, tokens_per_step)
-    stop = StopSignal()
+    stop = StopRequest(run.run_dir, run.rank)
     fault = os.environ.get(FAULT_ENV, "")
     bar = None
     if run.rank == 0 and cfg.logging.progress_bar:
@@ -261,6 +286,10 @@ def pretrain(cfg) -> dict:
 
         bar = tqdm(total=cfg.train.max_steps, initial=start_step, desc=cfg.name, dynamic_ncols=True)
 
+    if start_step == 0:  # the untrained baseline, so curves and comparisons start from where training started
+        result = evaluate(run, eval_collator)
+        if result:
+            log.log({"step": 0, "split": "validation", **result})
     batches = iter(loader)
     stats = torch.zeros(5, dtype=torch.float64, device=run.device)  # loss sum, micro count, correct, preds, tokens
     window_start, window_steps, last = time.perf_counter(), 0, {}
@@ -312,7 +341,7 @@ def pretrain(cfg) -> dict:
             checkpointer.save(step, client_state)
         if flag.item():
             if run.rank == 0:
-                logger.warning("stopped at step %d after a stop signal; restart with the same name to resume", step)
+                logger.warning("stopped at step %d after a stop request; restart with the same name to resume", step)
             break
     if bar is not None:
         bar.close()

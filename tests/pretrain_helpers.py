@@ -1,0 +1,65 @@
+"""Running ``launch/pretrain.py`` in subprocesses the way a user does, and reading what a run wrote."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN = os.path.join(ROOT, "launch", "pretrain.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_overrides(data_path, output_root, name: str, **extra) -> list[str]:
+    """A run of the tiny model small enough for CI: 4 steps of 4 blocks, checkpoints every 2 steps."""
+    values = {"name": name, "output_root": str(output_root), "data.path": str(data_path), "model": "tiny",
+              "precision": "fp32", "seed": 3, "train.max_steps": 4, "train.global_batch_size": 4,
+              "train.micro_batch_size": 2, "train.checkpoint_every": 2, "train.eval_every": 2,
+              "train.eval_samples": 4, "train.log_every": 1, "optim.lr": 1e-3, "optim.warmup_steps": 1,
+              "logging.wandb.mode": "disabled", "logging.progress_bar": False}
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def launch_command(launcher: str, processes: int = 1) -> list[str]:
+    if launcher == "python":
+        assert processes == 1
+        return [sys.executable, PRETRAIN]
+    if launcher == "deepspeed":
+        deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+        return [deepspeed, "--num_gpus", str(processes), "--master_port", str(free_port()), PRETRAIN]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_port", str(free_port()), PRETRAIN]
+    raise ValueError(launcher)
+
+
+def run_pretrain(overrides: list[str], launcher: str = "python", processes: int = 1, env: dict | None = None,
+                 timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="offline",
+                    PYTHONUNBUFFERED="1", **(env or {}))
+    result = subprocess.run(launch_command(launcher, processes) + overrides, cwd=ROOT, env=full_env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pretrain failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result
+
+
+def checkpoint_dir(run_dir, step: int) -> str:
+    return os.path.join(os.fspath(run_dir), "checkpoints", f"step_{step:08d}")
+
+
+def module_state(run_dir, step: int) -> dict:
+    """The model parameters saved at ``step`` (stage 0/1/2 checkpoints keep them whole in the model-states file)."""
+    path = os.path.join(checkpoint_dir(run_dir, step), "mp_rank_00_model_states.pt")
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]

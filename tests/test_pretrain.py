@@ -1,0 +1,130 @@
+"""End-to-end pretraining through ``launch/pretrain.py``, as a user runs it: every launcher, ZeRO stage and
+precision; exact resume after SIGKILL and SIGTERM; batch arithmetic across world sizes; start-up errors."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from deberta_pretrain.training.metrics import read_metrics
+from pretrain_helpers import checkpoint_dir, module_state, run_pretrain, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(python_help_64):
+    return python_help_64
+
+
+def train_records(run_dir):
+    return [r for r in read_metrics(run_dir) if r["split"] == "train"]
+
+
+def assert_trained(run_dir, steps=4):
+    records = train_records(run_dir)
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert all(math.isfinite(r["loss"]) and 0 < r["loss"] < 20 for r in records)
+    validation = [r for r in read_metrics(run_dir) if r["split"] == "validation"]
+    assert validation and all(r["predictions"] > 0 for r in validation)
+    latest = open(os.path.join(run_dir, "checkpoints", "latest")).read().strip()
+    assert latest == f"step_{steps:08d}"
+    assert os.path.isfile(os.path.join(checkpoint_dir(run_dir, steps), "complete.json"))
+
+
+# Every ZeRO stage and precision with one process and with two under the deepspeed launcher; torchrun at both ends.
+RUNS = [(launcher, processes, stage, precision) for launcher, processes in (("python", 1), ("deepspeed", 2))
+        for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16")]
+RUNS += [("torchrun", 2, 0, "fp32"), ("torchrun", 2, 3, "bf16")]
+
+
+@pytest.mark.parametrize("launcher,processes,stage,precision", RUNS, ids=["-".join(map(str, r)) for r in RUNS])
+def test_trains_under_every_launcher_stage_and_precision(data, tmp_path, launcher, processes, stage, precision):
+    run_pretrain(tiny_overrides(data, tmp_path, "run", precision=precision, **{"deepspeed.zero_stage": stage}),
+                 launcher, processes)
+    run_dir = tmp_path / "run"
+    assert_trained(run_dir)
+    files = set(os.listdir(checkpoint_dir(run_dir, 4)))
+    # DeepSpeed's file layout shows which ZeRO stage really ran, with how many ranks.
+    if stage == 0:
+        assert "mp_rank_00_model_states.pt" in files and not any(f.startswith("zero_pp") for f in files)
+    prefix = "bf16_" if precision == "bf16" and stage > 0 else ""
+    for rank in range(processes if stage > 0 else 0):
+        assert f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files
+    if stage == 3:
+        assert f"zero_pp_rank_{processes - 1}_mp_rank_00_model_states.pt" in files
+    else:
+        weights = module_state(run_dir, 4)["deberta.embeddings.word_embeddings.weight"]
+        assert weights.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    config = json.load(open(run_dir / "model_config.json"))
+    assert config["hidden_size"] == 128 and config["pos_att_type"] == "p2c|c2p"
+
+
+# The fault fires before the step after the given count of finished steps: SIGKILL before step 4 (the step-3 work is
+# lost, step 2 is the last checkpoint); SIGTERM during step 3 (saved at the end of step 3, then a clean exit).
+@pytest.mark.parametrize("fault", ["sigkill@3", "sigterm@2"])
+def test_resume_after_a_kill_is_exact(data, tmp_path, fault):
+    """A 4-step run, and a run stopped midway then restarted: bit-equal parameters and identical logged losses. Dropout stays on, so the per-step RNG state must be restored as well."""
+    common = {"deepspeed.zero_stage": 1}
+    run_pretrain(tiny_overrides(data, tmp_path, "straight", **common))
+    first = run_pretrain(tiny_overrides(data, tmp_path, "stopped", **common),
+                         env={"DEBERTA_PRETRAIN_FAULT": fault}, check=False)
+    stopped = tmp_path / "stopped"
+    if fault.startswith("sigkill"):
+        assert first.returncode != 0
+        assert open(stopped / "checkpoints" / "latest").read().strip() == "step_00000002"
+    else:
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert open(stopped / "checkpoints" / "latest").read().strip() == "step_00000003"
+        assert "stopped at step 3 after a stop request" in first.stdout + first.stderr
+    run_pretrain(tiny_overrides(data, tmp_path, "stopped", **common))
+    straight, resumed = module_state(tmp_path / "straight", 4), module_state(stopped, 4)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert [(r["step"], r["loss"]) for r in train_records(tmp_path / "straight")] == \
+        [(r["step"], r["loss"]) for r in train_records(stopped)]
+    assert "resuming" in open(stopped / "train.log").read()
+
+
+def test_same_global_batch_gives_the_same_update_whatever_the_world_size(data, tmp_path):
+    """World size 1 x accumulation 2 and world size 2 x accumulation 1 read the same samples and average the same
+    gradients (dropout off: its masks are drawn per rank)."""
+    common = {"train.max_steps": 1, "train.checkpoint_every": 1, "train.eval_every": 1,
+              "model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
+    run_pretrain(tiny_overrides(data, tmp_path, "one", **common))
+    run_pretrain(tiny_overrides(data, tmp_path, "two", **common), "deepspeed", 2)
+    one, two = module_state(tmp_path / "one", 1), module_state(tmp_path / "two", 1)
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-6, msg=key)
+    assert train_records(tmp_path / "one")[0]["loss"] == pytest.approx(train_records(tmp_path / "two")[0]["loss"],
+                                                                        abs=1e-6)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.max_stepz=3", "max_stepz"),
+    ("train.max_steps=many", "train.max_steps"),
+    ("data.path=/nonexistent/prepared", "data.path: /nonexistent/prepared does not exist"),
+    ("precision=fp8", "precision"),
+])
+def test_bad_overrides_fail_before_training_and_touch_nothing(data, tmp_path, override, message):
+    overrides = [o for o in tiny_overrides(data, tmp_path, "bad") if o.split("=")[0] != override.split("=")[0]]
+    result = run_pretrain(overrides + [override], check=False, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_missing_data_path_is_named(tmp_path):
+    result = run_pretrain([f"output_root={tmp_path}", "name=nodata", "logging.wandb.mode=disabled"], check=False,
+                          timeout=120)
+    assert result.returncode != 0 and "data.path" in result.stdout + result.stderr
+    assert not (tmp_path / "nodata").exists()
+
+
+def test_resuming_with_other_data_settings_is_refused(data, tmp_path):
+    run_pretrain(tiny_overrides(data, tmp_path, "run", **{"train.max_steps": 2}))
+    result = run_pretrain(tiny_overrides(data, tmp_path, "run", **{"data.masking": "whole_word"}), check=False)
+    assert result.returncode != 0 and "data.masking" in result.stdout + result.stderr

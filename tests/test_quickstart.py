@@ -1,0 +1,33 @@
+"""The README's end-to-end command: data prep of the built-in python-help text, the quickstart preset, plots."""
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+from deberta_pretrain.training.metrics import read_metrics
+from pretrain_helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_script_learns(tmp_path):
+    env = dict(os.environ, DATA=str(tmp_path / "python-help"), OUTPUTS=str(tmp_path / "outputs"),
+               DS_ACCELERATOR="cpu", WANDB_MODE="offline")
+    result = subprocess.run(["bash", "launch/quickstart.sh", "logging.progress_bar=false"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run_dir = tmp_path / "outputs" / "quickstart"
+    validation = [r for r in read_metrics(run_dir) if r["split"] == "validation"]
+    config = json.load(open(run_dir / "model_config.json"))
+    uniform = math.log(config["vocab_size"])  # an untrained model predicts about uniformly
+    assert validation[0]["step"] == 0 and validation[0]["loss"] == pytest.approx(uniform, abs=0.5)
+    assert validation[-1]["step"] == 300
+    assert validation[-1]["loss"] < uniform - 4.0, validation
+    assert validation[-1]["accuracy"] > 0.1
+    for name in ("loss", "accuracy", "lr", "throughput"):
+        png = run_dir / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(n.startswith("offline-run-") for n in os.listdir(run_dir / "wandb"))
