@@ -13,6 +13,4 @@ OUTPUTS="${OUTPUTS:-outputs}"
 python data_prep/prepare.py output="$DATA" max_seq_length=128 validation_fraction=0.05
 python launch/pretrain.py experiment=quickstart data.path="$DATA" output_root="$OUTPUTS" "$@"
 python launch/plot.py run="$OUTPUTS/quickstart"
-if [ -f launch/export.py ]; then
-  python launch/export.py checkpoint="$OUTPUTS/quickstart" output="$OUTPUTS/quickstart/export" format=all overwrite=true
-fi
+python launch/export.py checkpoint="$OUTPUTS/quickstart" output="$OUTPUTS/quickstart/export" format=all overwrite=true

@@ -31,3 +31,6 @@ def test_quickstart_script_learns(tmp_path):
         png = run_dir / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(n.startswith("offline-run-") for n in os.listdir(run_dir / "wandb"))
+    exported = set(os.listdir(run_dir / "export"))
+    assert {"pytorch_model.bin", "model_config.json", "bpe_encoder.bin", "config.json", "model.safetensors",
+            "vocab.json", "merges.txt"} <= exported

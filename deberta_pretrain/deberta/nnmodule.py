@@ -54,7 +54,7 @@ class NNModule(nn.Module):
 
     @classmethod
     def load_model(cls, model_path, model_config=None, tag=None, no_cache=False, cache_dir=None, *inputs,
-                   strict=False, **kwargs):
+                   strict=False, sha256=None, **kwargs):
         """Instantiate ``cls`` from a pretrained model.
 
         Args:
@@ -66,6 +66,7 @@ class NNModule(nn.Module):
                 exist, it overrides the checkpoint's values except the shape fields.
             tag, no_cache, cache_dir: release download options (release tag, no persistent cache, cache folder).
             strict: raise ``KeyError`` on missing/unexpected keys instead of logging a warning.
+            sha256: expected hashes of downloaded release files, ``{"pytorch_model.bin": "...", ...}``.
         """
         user_config = loading.as_model_config(model_config)
         if model_path is None or model_path == "-":
@@ -74,7 +75,7 @@ class NNModule(nn.Module):
             return cls(user_config.validate(), *inputs, **kwargs)
         from .release import resolve_model_path  # noqa: PLC0415 (release imports requests lazily)
 
-        weights_path = resolve_model_path(model_path, tag=tag, no_cache=no_cache, cache_dir=cache_dir)
+        weights_path = resolve_model_path(model_path, tag=tag, no_cache=no_cache, cache_dir=cache_dir, sha256=sha256)
         state, checkpoint_config = loading.load_model_state(weights_path)
         config = loading.merge_configs(checkpoint_config, user_config).validate()
         model = cls(config, *inputs, **kwargs)

@@ -25,11 +25,11 @@ from ..data.sampler import StepSampler
 from ..data.shards import VOCAB_FILE
 from ..data.staging import stage_dataset, staged_path
 from ..deberta import GPT2Tokenizer, MaskedLanguageModel, ModelConfig, set_attention_backend
-from ..deberta.loading import load_model_state
 from ..deberta.nnmodule import report_load_result
 from ..fileio import write_json_atomic
 from . import distributed, metrics, optim
 from .checkpoint import Checkpointer
+from .initial_weights import load_initial_weights
 
 logger = logging.getLogger("deberta_pretrain")
 RUNTIME_MODEL_KEYS = ("attention_backend", "use_emd", "gradient_checkpointing", "init_from")
@@ -132,7 +132,10 @@ class Run:
         verify = cfg.data.verify if full else ("size" if cfg.data.verify != "none" else "none")
         self.train_set = ShardedDataset(self.data_path, "train", verify=verify, expected_vocab=vocab)
         self.valid_set = ShardedDataset(self.data_path, "validation", verify=verify, expected_vocab=vocab)
-        self.model_config = model_config_from(cfg)
+        self.model_config, self.initial_state = model_config_from(cfg), None
+        if cfg.model.init_from:
+            self.initial_state, self.model_config = load_initial_weights(cfg.model.init_from, self.model_config,
+                                                                         vocab)
         if self.model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"model.vocab_size ({self.model_config.vocab_size}) is smaller than the data's "
                              f"vocabulary ({self.tokenizer.vocab_size} ids in {vocab_path})")
@@ -171,11 +174,10 @@ class Run:
         model = MaskedLanguageModel(self.model_config, use_emd=cfg.model.use_emd)
         set_attention_backend(model, cfg.model.attention_backend)
         model.deberta.encoder.gradient_checkpointing = bool(cfg.model.gradient_checkpointing)
-        if cfg.model.init_from:
-            from ..deberta.release import resolve_model_path  # noqa: PLC0415
-
-            state, _ = load_model_state(resolve_model_path(cfg.model.init_from))
-            report_load_result(model.load_state_dict(state, strict=False), cfg.model.init_from, strict=False)
+        if self.initial_state is not None:
+            report_load_result(model.load_state_dict(self.initial_state, strict=False), cfg.model.init_from,
+                               strict=False)
+            self.initial_state = None
         self.ds_config = optim.deepspeed_config(cfg, self.world, self.on_gpu)
         groups = optim.param_groups(model, cfg.optim.weight_decay)
         if optim.uses_deepspeed_optimizer(cfg, self.on_gpu):

@@ -1,0 +1,157 @@
+"""Export a training checkpoint as a release-compatible model directory.
+
+The model's ``state_dict()`` already uses the release names (``deberta.*``, ``lm_predictions.lm_head.*``), so export
+is consolidation plus serialisation:
+
+* **release** (the original DeBERTa code, our ``NNModule.load_model``): ``pytorch_model.bin``, ``model_config.json``
+  (upstream schema, ``pos_att_type`` as a string) and the vocabulary the run was trained with, ``bpe_encoder.bin``;
+* **hf** (Hugging Face ``from_pretrained``): ``config.json`` (``model_type`` ``deberta``/``deberta-v2`` with
+  ``legacy: false`` so the release MLM head loads), ``model.safetensors``, and GPT-2 style tokenizer files
+  (``vocab.json`` mapping BPE strings to *model* ids, ``merges.txt``, ``tokenizer_config.json``).
+
+``format=all`` writes both into one directory: their file names do not collide, so the same directory loads into
+either. Weights are consolidated from a DeepSpeed checkpoint of any ZeRO stage: stage 0 keeps the module's state
+whole; stages 1-3 are merged to fp32 master weights by DeepSpeed's ``zero_to_fp32``. The output is written to a
+temporary directory and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from .data.shards import VOCAB_FILE
+from .deberta import GPT2Tokenizer, ModelConfig
+from .fileio import write_json_atomic
+
+FORMATS = ("release", "hf", "all")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+HF_SPECIAL_TOKENS = {"bos_token": "[CLS]", "eos_token": "[SEP]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                     "unk_token": "[UNK]", "pad_token": "[PAD]", "mask_token": "[MASK]"}
+
+
+def find_checkpoint(path) -> tuple[str, str, str]:
+    """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint -> (checkpoints folder, tag, run
+    directory). A run directory means its newest complete checkpoint (``latest``)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint: {path} does not exist")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if os.path.isfile(os.path.join(path, "latest")):
+        with open(os.path.join(path, "latest"), encoding="utf-8") as f:
+            root, tag = path, f.read().strip()
+    elif glob.glob(os.path.join(path, "*model_states.pt")):
+        root, tag = os.path.dirname(path), os.path.basename(path)
+    else:
+        raise FileNotFoundError(f"checkpoint: {path} is neither a run directory, its checkpoints/ folder, nor a "
+                                f"DeepSpeed checkpoint (no *model_states.pt)")
+    folder = os.path.join(root, tag)
+    if not os.path.isfile(os.path.join(folder, "complete.json")):
+        raise ValueError(f"checkpoint: {folder} is incomplete (no complete.json: its save did not finish)")
+    return root, tag, os.path.dirname(root)
+
+
+def is_partitioned(folder: str) -> bool:
+    """True for ZeRO stage 1-3 checkpoints (per-rank ``zero_pp_rank_*`` files), False for stage 0."""
+    return bool(glob.glob(os.path.join(folder, "*zero_pp_rank_*.pt")))
+
+
+def consolidated_state_dict(root: str, tag: str) -> dict[str, torch.Tensor]:
+    """The full model state of checkpoint ``root/tag`` in fp32 (stage 1-3: the optimizer's fp32 master weights)."""
+    folder = os.path.join(root, tag)
+    if not is_partitioned(folder):
+        path = os.path.join(folder, "mp_rank_00_model_states.pt")
+        state = torch.load(path, map_location="cpu", weights_only=True)["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
+
+        state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    return {k: v.detach().float() for k, v in state.items()}
+
+
+def hf_config_dict(config: ModelConfig, dtype: str) -> dict:
+    out = config.to_dict()
+    v2 = config.is_v2
+    out.update(model_type="deberta-v2" if v2 else "deberta", legacy=False, pad_token_id=0,
+               architectures=["DebertaV2ForMaskedLM" if v2 else "DebertaForMaskedLM"],
+               torch_dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
+               pos_att_type=out["pos_att_type"].split("|") if out.get("pos_att_type") else [])
+    return out
+
+
+def hf_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
+    """``vocab.json`` (BPE token string -> model id, special tokens included), ``merges.txt`` and the tokenizer
+    config for HF's ``DebertaTokenizer``; GPT-2 ids missing from the dictionary stay out (they are ``[UNK]``)."""
+    gpt2_strings = {gpt2_id: token for token, gpt2_id in tokenizer.gpt2_encoder["encoder"].items()}
+    vocab = {}
+    for model_id, symbol in enumerate(tokenizer.symbols):
+        token = gpt2_strings.get(int(symbol)) if symbol.isdigit() else symbol
+        vocab.setdefault(token, model_id)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tokenizer.gpt2_encoder["vocab"]))
+    with open(os.path.join(folder, "special_tokens_map.json"), "w", encoding="utf-8") as f:
+        json.dump(HF_SPECIAL_TOKENS, f, indent=2)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "DebertaTokenizer", "add_prefix_space": False, "do_lower_case": False,
+                   "model_max_length": 512, **HF_SPECIAL_TOKENS}, f, indent=2)
+
+
+def write_model(state: dict, config: ModelConfig, tokenizer: GPT2Tokenizer, folder: str, fmt: str,
+                dtype: str) -> None:
+    """Write ``state`` in format ``fmt`` (release, hf or all) with weights cast to ``dtype`` into ``folder``."""
+    tensors = {k: v.to(DTYPES[dtype]).contiguous().clone() for k, v in state.items()}
+    if fmt in ("release", "all"):
+        torch.save(tensors, os.path.join(folder, "pytorch_model.bin"))
+        with open(os.path.join(folder, "model_config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_string())
+        tokenizer.save_pretrained(os.path.join(folder, VOCAB_FILE))
+    if fmt in ("hf", "all"):
+        from safetensors.torch import save_file  # noqa: PLC0415
+
+        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config_dict(config, dtype), f, indent=2, sort_keys=True)
+        hf_tokenizer_files(tokenizer, folder)
+
+
+def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite: bool = False) -> str:
+    """Export ``checkpoint`` (a run directory or one checkpoint) to ``output``; returns the output directory."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    output = os.path.abspath(os.fspath(output))
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+        raise FileExistsError(f"output: {output} exists and is not empty; pass overwrite=true to replace it")
+    root, tag, run_dir = find_checkpoint(checkpoint)
+    for name in ("model_config.json", VOCAB_FILE):
+        if not os.path.isfile(os.path.join(run_dir, name)):
+            raise FileNotFoundError(f"{run_dir}: no {name} (written by launch/pretrain.py in the run directory)")
+    config = ModelConfig.from_json_file(os.path.join(run_dir, "model_config.json"))
+    tokenizer = GPT2Tokenizer(os.path.join(run_dir, VOCAB_FILE))
+    state = consolidated_state_dict(root, tag)
+
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.", suffix=".tmp")
+    try:
+        write_model(state, config, tokenizer, staging, fmt, dtype)
+        write_json_atomic(os.path.join(staging, "export.json"),
+                          {"checkpoint": os.path.join(root, tag), "format": fmt, "dtype": dtype})
+        for name in os.listdir(staging):  # mkdtemp and some writers create owner-only files
+            os.chmod(os.path.join(staging, name), 0o644)
+        os.chmod(staging, 0o755)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
