@@ -17,6 +17,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
 SCHEDULES = ("linear", "cosine", "constant")
 WANDB_MODES = ("offline", "online", "disabled")
+ATTENTION_BACKENDS = ("eager", "sdpa", "auto")  # as deberta_pretrain.deberta.attention (not imported: no torch here)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class ModelSchema:
     embedding_size: Optional[int] = None
     talking_head: bool = False
     # how to run it (not part of the release config)
-    attention_backend: str = "auto"  # eager | sdpa | flash | auto
+    attention_backend: str = "auto"  # eager | sdpa | auto (= sdpa)
     use_emd: Optional[bool] = None  # null: upstream rule, EMD iff position_biased_input is false
     gradient_checkpointing: bool = False
     init_from: Optional[str] = None  # a release directory/name to continue pretraining from
@@ -70,6 +71,7 @@ class DataSchema:
     num_workers: int = 0
     verify: str = "full"  # full | size | none: shard checks at start-up
     stage_dir: Optional[str] = None  # node-local directory to copy the data to before training (multi-node)
+    document_attention: bool = False  # packed documents attend only within themselves, positions restart
 
 
 @dataclass
@@ -149,6 +151,7 @@ def validate(cfg) -> None:
     choice("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
     choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     choice("data.verify", cfg.data.verify, ("full", "size", "none"))
+    choice("model.attention_backend", cfg.model.attention_backend, ATTENTION_BACKENDS)
     for key in ("train.max_steps", "train.global_batch_size", "train.micro_batch_size", "train.checkpoint_every",
                 "train.eval_every", "train.log_every", "train.keep_last"):
         section, name = key.split(".")

@@ -187,3 +187,10 @@ def test_flops_per_token_reproduces_the_published_accounting():
     assert metrics.flops_per_token(v3, 128, 0.15, False, huge) / 1e6 == pytest.approx(641, rel=0.01)
     assert metrics.detect_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert metrics.detect_peak_tflops("NVIDIA H100 PCIe") == 756.0
+
+
+def test_schema_attention_backends_are_the_model_ones():
+    from deberta_pretrain import config
+    from deberta_pretrain.deberta import ATTENTION_BACKENDS
+
+    assert config.ATTENTION_BACKENDS == ATTENTION_BACKENDS

@@ -128,3 +128,10 @@ def test_resuming_with_other_data_settings_is_refused(data, tmp_path):
     run_pretrain(tiny_overrides(data, tmp_path, "run", **{"train.max_steps": 2}))
     result = run_pretrain(tiny_overrides(data, tmp_path, "run", **{"data.masking": "whole_word"}), check=False)
     assert result.returncode != 0 and "data.masking" in result.stdout + result.stderr
+
+
+def test_document_attention_and_span_masking_train(data, tmp_path):
+    run_pretrain(tiny_overrides(data, tmp_path, "docs", **{"data.document_attention": True, "data": "span"}))
+    assert_trained(tmp_path / "docs")
+    saved = open(tmp_path / "docs" / ".hydra" / "config.yaml").read()
+    assert "document_attention: true" in saved and "masking: span" in saved

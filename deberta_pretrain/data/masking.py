@@ -9,6 +9,11 @@ and 10 % stay unchanged. Three ways to choose them:
   words are chosen;
 * ``span``: n-grams of whole words, n in [1, max_ngram] with p(n) proportional to 1/n (upstream's ``max_gram``).
 
+With ``document_attention`` (for blocks packed from several documents joined by ``[SEP]``), each token attends
+only to the tokens of its own document (a block-diagonal ``[B, L, L]`` mask) and ``position_ids`` restart at every
+document, so a packed document is encoded as if it were alone in its row (relative positions within a document do
+not depend on where it sits) and packing wastes no compute on padding.
+
 The random generator of block ``i`` in epoch ``e`` is seeded with ``(seed, e, i)``: masks do not depend on the
 world size, the batch a block lands in, or restarts. One deviation from upstream: random replacement tokens are
 drawn from the non-special ids only (upstream may put ``[CLS]`` or ``[PAD]`` inside a sentence).
@@ -42,17 +47,22 @@ class MLMCollator:
             ``whole_word`` and ``span``; see ``GPT2Tokenizer.word_continuation_table``).
 
     Calling it on ``[(index, epoch, block), ...]`` returns ``input_ids``, ``input_mask`` and ``labels`` (original
-    id at predicted positions, :data:`IGNORE_INDEX` elsewhere) as int64 tensors.
+    id at predicted positions, :data:`IGNORE_INDEX` elsewhere) as int64 tensors; with ``document_attention``
+    (needs ``sep_id``) also ``attention_mask`` (bool ``[B, L, L]``) and ``position_ids``.
     """
 
     def __init__(self, vocab_size: int, mask_id: int, pad_id: int, special_ids, seed: int, masking: str = "token",
                  mask_prob: float = 0.15, max_predictions: int | None = None, mask_token_prob: float = 0.8,
-                 random_token_prob: float = 0.1, max_ngram: int = 3, continuation=None):
+                 random_token_prob: float = 0.1, max_ngram: int = 3, continuation=None,
+                 document_attention: bool = False, sep_id: int | None = None):
         if masking not in MASKING_MODES:
             raise ValueError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
         if masking != "token" and continuation is None:
             raise ValueError(f"masking={masking!r} needs the word-continuation table of the vocabulary")
+        if document_attention and sep_id is None:
+            raise ValueError("document_attention needs sep_id, the separator between packed documents")
         self.mask_id, self.pad_id, self.seed, self.masking = mask_id, pad_id, seed, masking
+        self.document_attention, self.sep_id = document_attention, sep_id
         self.mask_prob, self.max_predictions = mask_prob, max_predictions
         self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
         self.max_ngram = max(1, int(max_ngram)) if masking == "span" else 1
@@ -118,6 +128,24 @@ class MLMCollator:
             inputs.append(block_inputs)
             labels.append(block_labels)
             masks.append(ids != self.pad_id)
-        return {"input_ids": torch.from_numpy(np.stack(inputs)),
-                "input_mask": torch.from_numpy(np.stack(masks).astype(np.int64)),
-                "labels": torch.from_numpy(np.stack(labels))}
+        batch = {"input_ids": torch.from_numpy(np.stack(inputs)),
+                 "input_mask": torch.from_numpy(np.stack(masks).astype(np.int64)),
+                 "labels": torch.from_numpy(np.stack(labels))}
+        if self.document_attention:
+            originals = np.stack([np.asarray(block, dtype=np.int64) for _, _, block in items])
+            attention, positions = document_masks(originals, np.stack(masks), self.sep_id)
+            batch.update(attention_mask=torch.from_numpy(attention), position_ids=torch.from_numpy(positions))
+        return batch
+
+
+def document_masks(ids: np.ndarray, valid: np.ndarray, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block-diagonal attention ``[B, L, L]`` (bool) and per-document positions ``[B, L]`` for packed blocks: a
+    document runs up to and including its ``[SEP]`` (the block's ``[CLS]`` belongs to the first one)."""
+    is_sep = ids == sep_id
+    document = np.cumsum(is_sep, axis=1) - is_sep
+    attention = (document[:, :, None] == document[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    columns = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+    starts = np.ones_like(is_sep)
+    starts[:, 1:] = document[:, 1:] != document[:, :-1]
+    first = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
+    return attention, (columns - first).astype(np.int64)

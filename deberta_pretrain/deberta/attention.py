@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from .ops import StableDropout, XSoftmax
 from .relative_position import build_relative_position
 
-ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
+ATTENTION_BACKENDS = ("eager", "sdpa", "auto")
 
 
 class DisentangledSelfAttention(nn.Module):
@@ -172,10 +172,6 @@ class DisentangledSelfAttention(nn.Module):
         backend = self.attention_backend
         if backend == "auto":
             backend = "sdpa"
-        if backend == "flash":
-            from . import flash_attention  # noqa: PLC0415 (optional, needs triton + GPU)
-            if not flash_attention.is_available():
-                backend = "sdpa"
         if return_att or self.talking_head:
             backend = "eager"
         return backend
@@ -206,12 +202,7 @@ class DisentangledSelfAttention(nn.Module):
             bias = self.relative_attention_bias(q * scale, k, relative_pos, rel_embeddings, scale)
 
         backend = self._backend(return_att)
-        if backend == "flash":
-            from .flash_attention import flash_disentangled_attention  # noqa: PLC0415
-            context = flash_disentangled_attention(self, q, k, v, attention_mask, relative_pos, rel_embeddings,
-                                                   scale)
-            probs = None
-        elif backend == "sdpa":
+        if backend == "sdpa":
             context, probs = self._sdpa(q, k, v, bias, attention_mask, scale), None
         else:
             context, probs = self._eager(q, k, v, bias, attention_mask, scale)
@@ -262,7 +253,7 @@ class DisentangledSelfAttention(nn.Module):
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Select the attention backend (``eager``, ``sdpa``, ``flash`` or ``auto``) of every attention module."""
+    """Select the attention backend (``eager``, ``sdpa`` or ``auto``) of every attention module."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend: unknown backend {backend!r}; allowed: {ATTENTION_BACKENDS}")
     for module in model.modules():

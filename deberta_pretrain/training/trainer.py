@@ -34,8 +34,8 @@ from .initial_weights import load_initial_weights
 logger = logging.getLogger("deberta_pretrain")
 RUNTIME_MODEL_KEYS = ("attention_backend", "use_emd", "gradient_checkpointing", "init_from")
 # Changing these between a run and its resumption would silently train something else.
-RESUME_KEYS = ("model", "data.path", "data.masking", "data.mask_prob", "data.max_ngram", "seed",
-               "train.global_batch_size", "precision")
+RESUME_KEYS = ("model", "data.path", "data.masking", "data.mask_prob", "data.max_ngram", "data.document_attention",
+               "seed", "train.global_batch_size", "precision")
 FAULT_ENV = "DEBERTA_PRETRAIN_FAULT"  # fault injection for tests: "sigterm@STEP" or "sigkill@STEP"
 
 
@@ -197,7 +197,8 @@ class Run:
         return MLMCollator(tok.vocab_size, tok.mask_token_id, tok.pad_token_id,
                            [tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.unk_token_id, tok.mask_token_id],
                            seed, cfg.data.masking, cfg.data.mask_prob, cfg.data.max_predictions,
-                           cfg.data.mask_token_prob, cfg.data.random_token_prob, cfg.data.max_ngram, continuation)
+                           cfg.data.mask_token_prob, cfg.data.random_token_prob, cfg.data.max_ngram, continuation,
+                           cfg.data.document_attention, tok.sep_token_id)
 
 
 class MicroBatches(torch.utils.data.Dataset):

@@ -1,0 +1,70 @@
+"""Data-prep throughput end to end (text -> shards + manifest) and shard-reader random access.
+
+    python benchmarks/data_prep.py [--repeat 4] [--num-proc 1 2]
+
+Prints JSON: MB/s of source text per num_proc setting, and samples/s (and MB/s) of random reads from the
+memory-mapped shards, against a plain in-memory numpy array of the same blocks as the reference.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import best_time, machine  # noqa: E402
+
+from deberta_pretrain.data import ShardedDataset  # noqa: E402
+from deberta_pretrain.data.prepare import prepare  # noqa: E402
+from deberta_pretrain.data.sources import python_help_topics  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=4, help="copies of the python-help text in the corpus")
+    parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--max-seq-length", type=int, default=512)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            for copy in range(args.repeat):  # distinct documents per copy, one paragraph each
+                for text in python_help_topics():
+                    f.write(f"copy {copy}. " + text.replace("\n\n", "\n").strip() + "\n\n")
+        megabytes = os.path.getsize(corpus) / 1e6
+        prep = {}
+        for num_proc in args.num_proc:
+            out = os.path.join(tmp, f"out{num_proc}")
+
+            def run(out=out, num_proc=num_proc):
+                prepare({"output": out, "source": {"type": "text", "paths": [corpus], "doc_separator": "blank_line"},
+                         "vocab": None, "engine": "auto", "max_seq_length": args.max_seq_length,
+                         "packing": "continuous", "validation_fraction": 0.01, "segment_mb": 0.25,
+                         "num_proc": num_proc, "overwrite": True}, progress=False)
+            seconds = best_time(run, repeats=1)
+            prep[f"num_proc={num_proc}"] = {"seconds": round(seconds, 3), "mb_per_s": round(megabytes / seconds, 3)}
+
+        dataset = ShardedDataset(os.path.join(tmp, f"out{args.num_proc[0]}"), "train")
+        in_memory = np.stack([dataset[i] for i in range(len(dataset))])
+        order = np.random.default_rng(0).integers(0, len(dataset), size=20000)
+        mapped = best_time(lambda: [dataset[i] for i in order])
+        memory = best_time(lambda: [in_memory[i].astype(np.int64) for i in order])
+        block_mb = args.max_seq_length * dataset.dtype.itemsize / 1e6
+        print(json.dumps({
+            "benchmark": "data_prep", "machine": machine(),
+            "settings": {"text": f"python-help x{args.repeat} (text source, blank-line documents)",
+                         "megabytes": round(megabytes, 3), "max_seq_length": args.max_seq_length,
+                         "train_blocks": len(dataset), "random_reads": len(order)},
+            "prepare": prep,
+            "reader": {"samples_per_s": round(len(order) / mapped), "mb_per_s": round(len(order) * block_mb / mapped, 1),
+                       "in_memory_samples_per_s": round(len(order) / memory),
+                       "ratio_to_in_memory": round(memory / mapped, 3)},
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

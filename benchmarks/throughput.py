@@ -1,0 +1,200 @@
+"""Training throughput of our MLM model against Hugging Face's, in one process, with identical weights.
+
+Full training steps (forward, backward, AdamW step) after warm-up, timed with CUDA events on a GPU (wall clock on
+the CPU): tokens/s, MFU (model FLOPs of deberta_pretrain.training.metrics.flops_per_token, PaLM-style, over the
+spec peak of the detected GPU), peak memory, and the ratio of each of our attention backends to HF's
+``DebertaV2ForMaskedLM`` (``DebertaForMaskedLM`` for v1 configs; built with ``legacy=False`` so the release head
+loads). HF's head has no Enhanced Mask Decoder, so ours runs without it too (``--emd`` to include it).
+
+    python benchmarks/throughput.py                          # GPU: deberta-v3-base, bf16, L = 128, 512, 2048, 8192
+    python benchmarks/throughput.py --device cpu             # CPU: the tiny model, fp32, L = 128
+    python benchmarks/throughput.py --model deberta-base --lengths 512 --tokens-per-step 16384
+
+On a GPU the JSON also goes to benchmarks/results/<date>-<gpu>.json (``--out`` to choose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine  # noqa: E402
+
+from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig, set_attention_backend  # noqa: E402
+from deberta_pretrain.export import hf_config_dict  # noqa: E402
+from deberta_pretrain.training import metrics  # noqa: E402
+
+IGNORE = -100
+
+
+def model_config(name: str) -> ModelConfig:
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    fields = OmegaConf.to_container(OmegaConf.load(os.path.join(ROOT, "conf", "model", f"{name}.yaml")))
+    return ModelConfig.from_dict(fields).validate()
+
+
+def hf_model(config: ModelConfig, state: dict):
+    import transformers  # noqa: PLC0415
+
+    hf = hf_config_dict(config, "fp32")
+    config_cls, model_cls = ((transformers.DebertaV2Config, transformers.DebertaV2ForMaskedLM) if config.is_v2
+                             else (transformers.DebertaConfig, transformers.DebertaForMaskedLM))
+    model = model_cls(config_cls(**{k: v for k, v in hf.items() if k not in ("architectures", "torch_dtype")}))
+    result = model.load_state_dict(state, strict=False)
+    ignored = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []
+    unexpected = [k for k in result.unexpected_keys if not any(p in k for p in ignored)]
+    if result.missing_keys or unexpected:
+        raise RuntimeError(f"HF model does not take our weights: missing {result.missing_keys}, "
+                           f"unexpected {unexpected}")
+    return model
+
+
+def make_batch(config: ModelConfig, batch: int, length: int, device, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, min(config.vocab_size, 50000), (batch, length), generator=g)
+    ids[:, 0], ids[:, -1] = 1, 2
+    predict = torch.rand(batch, length, generator=g) < 0.15
+    predict[:, 0] = predict[:, -1] = False
+    labels = torch.where(predict, ids, torch.full_like(ids, IGNORE))
+    inputs = torch.where(predict, torch.full_like(ids, config.vocab_size - 1), ids)
+    return {k: v.to(device) for k, v in {"input_ids": inputs, "mask": torch.ones_like(ids), "labels": labels}.items()}
+
+
+def time_training(step, steps: int, warmup: int, device) -> float:
+    """Seconds per step (median of ``steps`` after ``warmup``)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(name, model, forward, batch, args, device, dtype, flops_per_token, peak_tflops) -> dict:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = forward(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        seconds = time_training(step, args.steps, args.warmup, device)
+    except torch.cuda.OutOfMemoryError:
+        return {"model": name, "error": "out of memory"}
+    tokens = batch["input_ids"].numel()
+    out = {"model": name, "step_s": round(seconds, 5), "tokens_per_s": round(tokens / seconds, 1)}
+    if peak_tflops:
+        out["mfu"] = round(tokens / seconds * flops_per_token / (peak_tflops * 1e12), 4)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        out["peak_memory_gib"] = round(peak / 2**30, 3)
+        out["peak_memory_per_token_kib"] = round(peak / tokens / 1024, 2)
+    return out
+
+
+def ours_forward(model, batch):
+    return model(batch["input_ids"], batch["mask"], batch["labels"])["loss"]
+
+
+def hf_forward(model, batch):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["mask"], labels=batch["labels"]).loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default=None, help="a conf/model name (default: deberta-v3-base; tiny on CPU)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--tokens-per-step", type=int, default=None, help="batch = tokens-per-step / length")
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--backends", nargs="+", default=["sdpa", "eager"])
+    parser.add_argument("--hf-max-length", type=int, default=2048, help="longest L at which HF is run")
+    parser.add_argument("--emd", action="store_true", help="our model with its Enhanced Mask Decoder")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default=None, help="JSON file (default on GPU: benchmarks/results/<date>-<gpu>)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    name = args.model or ("deberta-v3-base" if on_gpu else "tiny")
+    lengths = args.lengths or ([128, 512, 2048, 8192] if on_gpu else [128])
+    tokens_per_step = args.tokens_per_step or (16384 if on_gpu else 1024)
+    args.steps = args.steps or (10 if on_gpu else 5)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if on_gpu else "fp32")]
+    peak = metrics.detect_peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None
+    config = model_config(name)
+
+    rows = []
+    for length in lengths:
+        if length > config.max_position_embeddings and config.position_biased_input:
+            continue
+        batch_size = max(1, tokens_per_step // length)
+        batch = make_batch(config, batch_size, length, device)
+        torch.manual_seed(0)
+        ours = MaskedLanguageModel(config, use_emd=args.emd).to(device).train()
+        state = {k: v.detach().cpu().clone() for k, v in ours.state_dict().items()}
+        flops = metrics.flops_per_token(config, length, 0.15, args.emd, batch_size * length)
+        results = {}
+        for backend in args.backends:
+            set_attention_backend(ours, backend)
+            results[f"ours-{backend}"] = measure(f"ours-{backend}", ours, ours_forward, batch, args, device, dtype,
+                                                 flops, peak)
+            ours.load_state_dict(state)  # every contender starts from the same weights
+        del ours
+        if length <= args.hf_max_length:
+            hf = hf_model(config, state).to(device).train()
+            results["hf"] = measure("hf", hf, hf_forward, batch, args, device, dtype, flops, peak)
+            del hf
+        hf_tps = results.get("hf", {}).get("tokens_per_s")
+        for key, row in results.items():
+            if key != "hf" and hf_tps and "tokens_per_s" in row:
+                row["speedup_vs_hf"] = round(row["tokens_per_s"] / hf_tps, 3)
+        rows.append({"length": length, "batch": batch_size, "model_tflop_per_token": flops / 1e12,
+                     "results": list(results.values())})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+
+    report = {"benchmark": "throughput", "date": datetime.date.today().isoformat(), "machine": machine(),
+              "settings": {"model": name, "dtype": str(dtype).replace("torch.", ""), "device": str(device),
+                           "tokens_per_step": tokens_per_step, "steps": args.steps, "warmup": args.warmup,
+                           "emd": args.emd, "peak_tflops": peak, "optimizer": "torch AdamW"},
+              "rows": rows}
+    text = json.dumps(report, indent=2)
+    print(text)
+    out = args.out
+    if out is None and on_gpu:
+        gpu = torch.cuda.get_device_name(device).replace(" ", "-")
+        out = os.path.join(ROOT, "benchmarks", "results", f"{report['date']}-{gpu}.json")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
