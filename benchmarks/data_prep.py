@@ -60,7 +60,8 @@ def main() -> None:
                          "megabytes": round(megabytes, 3), "max_seq_length": args.max_seq_length,
                          "train_blocks": len(dataset), "random_reads": len(order)},
             "prepare": prep,
-            "reader": {"samples_per_s": round(len(order) / mapped), "mb_per_s": round(len(order) * block_mb / mapped, 1),
+            "reader": {"samples_per_s": round(len(order) / mapped),
+                       "mb_per_s": round(len(order) * block_mb / mapped, 1),
                        "in_memory_samples_per_s": round(len(order) / memory),
                        "ratio_to_in_memory": round(memory / mapped, 3)},
         }, indent=2))

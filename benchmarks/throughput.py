@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--tokens-per-step", type=int, default=None, help="batch = tokens-per-step / length")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--backends", nargs="+", default=["sdpa", "eager"])
+    parser.add_argument("--backends", nargs="+", default=None, help="default: flash sdpa eager on GPU, sdpa eager on CPU")
     parser.add_argument("--hf-max-length", type=int, default=2048, help="longest L at which HF is run")
     parser.add_argument("--emd", action="store_true", help="our model with its Enhanced Mask Decoder")
     parser.add_argument("--steps", type=int, default=None)
@@ -146,6 +146,7 @@ def main() -> None:
     lengths = args.lengths or ([128, 512, 2048, 8192] if on_gpu else [128])
     tokens_per_step = args.tokens_per_step or (16384 if on_gpu else 1024)
     args.steps = args.steps or (10 if on_gpu else 5)
+    args.backends = args.backends or (["flash", "sdpa", "eager"] if on_gpu else ["sdpa", "eager"])
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if on_gpu else "fp32")]
     peak = metrics.detect_peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None
     config = model_config(name)

@@ -17,7 +17,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
 SCHEDULES = ("linear", "cosine", "constant")
 WANDB_MODES = ("offline", "online", "disabled")
-ATTENTION_BACKENDS = ("eager", "sdpa", "auto")  # as deberta_pretrain.deberta.attention (not imported: no torch here)
+# The model's choices (deberta_pretrain.deberta.attention), repeated so that this module does not import torch.
+ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ModelSchema:
     embedding_size: Optional[int] = None
     talking_head: bool = False
     # how to run it (not part of the release config)
-    attention_backend: str = "auto"  # eager | sdpa | auto (= sdpa)
+    attention_backend: str = "auto"  # eager | sdpa | flash | auto (flash where it applies, else sdpa)
     use_emd: Optional[bool] = None  # null: upstream rule, EMD iff position_biased_input is false
     gradient_checkpointing: bool = False
     init_from: Optional[str] = None  # a release directory/name to continue pretraining from

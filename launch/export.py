@@ -1,6 +1,6 @@
 """Export a pretraining checkpoint for the original DeBERTa code and for Hugging Face transformers.
 
-    python launch/export.py checkpoint=outputs/base1 output=release/base1                 # newest checkpoint, both formats
+    python launch/export.py checkpoint=outputs/base1 output=release/base1     # newest checkpoint, both formats
     python launch/export.py checkpoint=outputs/base1/checkpoints/step_00010000 output=release/base1-10k format=hf
     python launch/export.py checkpoint=outputs/base1 output=release/base1 format=release dtype=bf16 overwrite=true
 

@@ -66,7 +66,8 @@ def test_trains_under_every_launcher_stage_and_precision(data, tmp_path, launche
 # lost, step 2 is the last checkpoint); SIGTERM during step 3 (saved at the end of step 3, then a clean exit).
 @pytest.mark.parametrize("fault", ["sigkill@3", "sigterm@2"])
 def test_resume_after_a_kill_is_exact(data, tmp_path, fault):
-    """A 4-step run, and a run stopped midway then restarted: bit-equal parameters and identical logged losses. Dropout stays on, so the per-step RNG state must be restored as well."""
+    """A 4-step run, and a run stopped midway then restarted: bit-equal parameters and identical logged losses.
+    Dropout stays on, so the per-step RNG state must be restored as well."""
     common = {"deepspeed.zero_stage": 1}
     run_pretrain(tiny_overrides(data, tmp_path, "straight", **common))
     first = run_pretrain(tiny_overrides(data, tmp_path, "stopped", **common),

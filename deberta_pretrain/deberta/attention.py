@@ -21,7 +21,10 @@ Parameter layouts (release names): v1 ``in_proj`` (rows per head interleaved ``[
 content projections are reused on the relative embeddings.
 
 Backends: ``eager`` materialises the scores (the reference, needed for ``return_att`` and talking heads);
-``sdpa`` folds c2p + p2c into an additive bias for ``torch.nn.functional.scaled_dot_product_attention``.
+``sdpa`` folds c2p + p2c into an additive bias for ``torch.nn.functional.scaled_dot_product_attention``;
+``flash`` is a fused Triton kernel (:mod:`.flash_attention`) that never builds the L x L scores, used where it
+applies (Triton on a GPU, c2p/p2c, self-attention with the standard relative positions and a padding mask) and
+``sdpa`` elsewhere; ``auto`` is ``flash`` where it applies, else ``sdpa``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from torch.nn import functional as F
 from .ops import StableDropout, XSoftmax
 from .relative_position import build_relative_position
 
-ATTENTION_BACKENDS = ("eager", "sdpa", "auto")
+ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
 
 
 class DisentangledSelfAttention(nn.Module):
@@ -143,7 +146,8 @@ class DisentangledSelfAttention(nn.Module):
         if relative_pos.dim() == 4:
             relative_pos = relative_pos.squeeze(1)
         if relative_pos.dim() != 3:
-            raise ValueError(f"relative_pos must be [Lq, Lk], [B, Lq, Lk] or [B, 1, Lq, Lk], got {tuple(relative_pos.shape)}")
+            raise ValueError(f"relative_pos must be [Lq, Lk], [B, Lq, Lk] or [B, 1, Lq, Lk], "
+                             f"got {tuple(relative_pos.shape)}")
         rel_embeddings = self.pos_dropout(rel_embeddings[self.pos_ebd_size - span: self.pos_ebd_size + span])
         rel_embeddings = rel_embeddings.to(q_scaled.dtype)
         pos_key, pos_query = self._project_positions(rel_embeddings)
@@ -169,12 +173,26 @@ class DisentangledSelfAttention(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------
     def _backend(self, return_att: bool) -> str:
-        backend = self.attention_backend
-        if backend == "auto":
-            backend = "sdpa"
         if return_att or self.talking_head:
-            backend = "eager"
-        return backend
+            return "eager"
+        return self.attention_backend
+
+    def _flash_applies(self, q, query_states, relative_pos, attention_mask) -> bool:
+        """The fused kernel covers self-attention with the encoder's own relative positions and a 2-D padding mask
+        (the EMD's query subsets, custom positions and document masks go to sdpa)."""
+        from . import flash_attention  # noqa: PLC0415
+
+        if not (flash_attention.is_available(q.device) and self.relative_attention and query_states is None
+                and set(self.pos_att_type) == {"c2p", "p2c"} and q.size(-1) in (16, 32, 64, 128)):
+            return False
+        length = q.size(-2)
+        standard = build_relative_position(length, length, q.device, self.position_buckets,
+                                           self.max_relative_positions)
+        if relative_pos is not None and relative_pos is not standard and not torch.equal(relative_pos, standard):
+            return False
+        key_mask = attention_mask[:, 0].any(-2)
+        return attention_mask.size(1) == 1 and torch.equal(attention_mask[:, 0],
+                                                          key_mask[:, :, None] & key_mask[:, None, :])
 
     def forward(self, hidden_states, attention_mask, return_att=False, query_states=None, relative_pos=None,
                 rel_embeddings=None):
@@ -195,14 +213,18 @@ class DisentangledSelfAttention(nn.Module):
             attention_mask = attention_mask.unsqueeze(1)
         attention_mask = attention_mask.to(torch.bool)
 
+        if self.relative_attention and self.pos_att_type and rel_embeddings is None:
+            raise ValueError("rel_embeddings is required when relative_attention is on")
+        backend = self._backend(return_att)
+        if backend in ("flash", "auto"):
+            backend = "flash" if self._flash_applies(q, query_states, relative_pos, attention_mask) else "sdpa"
         bias = None
-        if self.relative_attention and self.pos_att_type:
-            if rel_embeddings is None:
-                raise ValueError("rel_embeddings is required when relative_attention is on")
+        if self.relative_attention and self.pos_att_type and backend != "flash":
             bias = self.relative_attention_bias(q * scale, k, relative_pos, rel_embeddings, scale)
 
-        backend = self._backend(return_att)
-        if backend == "sdpa":
+        if backend == "flash":
+            context, probs = self._flash(q, k, v, attention_mask[:, 0].any(-2), rel_embeddings, scale), None
+        elif backend == "sdpa":
             context, probs = self._sdpa(q, k, v, bias, attention_mask, scale), None
         else:
             context, probs = self._eager(q, k, v, bias, attention_mask, scale)
@@ -220,6 +242,24 @@ class DisentangledSelfAttention(nn.Module):
         if self.talking_head:
             probs_dropped = self.head_weights_proj(probs_dropped.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return torch.matmul(probs_dropped, v), probs
+
+    def _flash(self, q, k, v, key_mask, rel_embeddings, scale):
+        """The fused kernel with the tables of :mod:`.flash_attention`: ``c2p = (scale q) pos_key^T``,
+        ``p2c^T = k (scale pos_query)^T`` and the table column of every relative distance."""
+        from .flash_attention import flash_disentangled_attention  # noqa: PLC0415
+        from .relative_position import make_log_bucket_position  # noqa: PLC0415
+
+        length, span = q.size(-2), self.pos_ebd_size
+        rel_embeddings = self.pos_dropout(rel_embeddings[:2 * span]).to(q.dtype)
+        pos_key, pos_query = self._project_positions(rel_embeddings)
+        c2p = torch.matmul(q * scale, pos_key.transpose(-1, -2))
+        p2c_t = torch.matmul(k, (pos_query * scale).transpose(-1, -2))
+        delta = torch.arange(-(length - 1), length, device=q.device)
+        if self.position_buckets > 0 and self.max_relative_positions > 0:
+            delta = make_log_bucket_position(delta, self.position_buckets, self.max_relative_positions)
+        columns = torch.clamp(delta + span, 0, 2 * span - 1)
+        dropout = self.dropout.drop_prob if self.training else 0.0
+        return flash_disentangled_attention(q, k, v, c2p, p2c_t, columns, key_mask, scale, dropout)
 
     def _sdpa(self, q, k, v, bias, attention_mask, scale):
         neg = torch.finfo(q.dtype).min
@@ -253,7 +293,7 @@ class DisentangledSelfAttention(nn.Module):
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Select the attention backend (``eager``, ``sdpa`` or ``auto``) of every attention module."""
+    """Select the attention backend (``eager``, ``sdpa``, ``flash`` or ``auto``) of every attention module."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend: unknown backend {backend!r}; allowed: {ATTENTION_BACKENDS}")
     for module in model.modules():
