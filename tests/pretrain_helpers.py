@@ -34,9 +34,10 @@ def launch_command(launcher: str, processes: int = 1) -> list[str]:
     if launcher == "python":
         assert processes == 1
         return [sys.executable, PRETRAIN]
-    if launcher == "deepspeed":
+    if launcher in ("deepspeed", "deepspeed-no-local-rank"):
         deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-        return [deepspeed, "--num_gpus", str(processes), "--master_port", str(free_port()), PRETRAIN]
+        flags = ["--no_local_rank"] if launcher == "deepspeed-no-local-rank" else []
+        return [deepspeed, "--num_gpus", str(processes), "--master_port", str(free_port()), *flags, PRETRAIN]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                 "--master_port", str(free_port()), PRETRAIN]

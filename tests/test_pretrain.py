@@ -34,10 +34,11 @@ def assert_trained(run_dir, steps=4):
     assert os.path.isfile(os.path.join(checkpoint_dir(run_dir, steps), "complete.json"))
 
 
-# Every ZeRO stage and precision with one process and with two under the deepspeed launcher; torchrun at both ends.
+# Every ZeRO stage and precision with one process and with two under the deepspeed launcher; torchrun at both ends;
+# the deepspeed launcher without --local_rank once.
 RUNS = [(launcher, processes, stage, precision) for launcher, processes in (("python", 1), ("deepspeed", 2))
         for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16")]
-RUNS += [("torchrun", 2, 0, "fp32"), ("torchrun", 2, 3, "bf16")]
+RUNS += [("torchrun", 2, 0, "fp32"), ("torchrun", 2, 3, "bf16"), ("deepspeed-no-local-rank", 2, 2, "bf16")]
 
 
 @pytest.mark.parametrize("launcher,processes,stage,precision", RUNS, ids=["-".join(map(str, r)) for r in RUNS])
