@@ -53,7 +53,7 @@ class ModelSchema:
     embedding_size: Optional[int] = None
     talking_head: bool = False
     # how to run it (not part of the release config)
-    attention_backend: str = "auto"  # eager | sdpa | flash | auto (flash where it applies, else sdpa)
+    attention_backend: str = "auto"  # eager | sdpa | flash (opt-in, GPU) | auto (= sdpa for now)
     use_emd: Optional[bool] = None  # null: upstream rule, EMD iff position_biased_input is false
     gradient_checkpointing: bool = False
     init_from: Optional[str] = None  # a release directory/name to continue pretraining from

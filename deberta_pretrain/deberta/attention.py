@@ -24,7 +24,8 @@ Backends: ``eager`` materialises the scores (the reference, needed for ``return_
 ``sdpa`` folds c2p + p2c into an additive bias for ``torch.nn.functional.scaled_dot_product_attention``;
 ``flash`` is a fused Triton kernel (:mod:`.flash_attention`) that never builds the L x L scores, used where it
 applies (Triton on a GPU, c2p/p2c, self-attention with the standard relative positions and a padding mask) and
-``sdpa`` elsewhere; ``auto`` is ``flash`` where it applies, else ``sdpa``.
+``sdpa`` elsewhere. ``auto`` is ``sdpa`` for now: ``flash`` is opt-in until its GPU checks have run on real hardware
+(it has been verified through Triton's CPU interpreter only).
 """
 
 from __future__ import annotations
@@ -216,8 +217,10 @@ class DisentangledSelfAttention(nn.Module):
         if self.relative_attention and self.pos_att_type and rel_embeddings is None:
             raise ValueError("rel_embeddings is required when relative_attention is on")
         backend = self._backend(return_att)
-        if backend in ("flash", "auto"):
-            backend = "flash" if self._flash_applies(q, query_states, relative_pos, attention_mask) else "sdpa"
+        if backend == "auto":
+            backend = "sdpa"
+        if backend == "flash" and not self._flash_applies(q, query_states, relative_pos, attention_mask):
+            backend = "sdpa"
         bias = None
         if self.relative_attention and self.pos_att_type and backend != "flash":
             bias = self.relative_attention_bias(q * scale, k, relative_pos, rel_embeddings, scale)
