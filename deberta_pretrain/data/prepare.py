@@ -21,8 +21,6 @@ import multiprocessing
 import os
 import shutil
 
-import numpy as np
-
 from .. import __version__
 from ..deberta import GPT2Tokenizer
 from ..fileio import atomic_write, write_json_atomic
