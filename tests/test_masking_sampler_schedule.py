@@ -194,3 +194,23 @@ def test_schema_attention_backends_are_the_model_ones():
     from deberta_pretrain.deberta import ATTENTION_BACKENDS
 
     assert config.ATTENTION_BACKENDS == ATTENTION_BACKENDS
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 97, 1000, 4096, 65537])
+def test_feistel_permutation_is_a_seeded_bijection(n):
+    from deberta_pretrain.data.sampler import FeistelPermutation
+
+    values = FeistelPermutation(n, [5, 0])(np.arange(n))
+    assert sorted(values.tolist()) == list(range(n))
+    if n >= 97:
+        other = FeistelPermutation(n, [5, 1])(np.arange(n))
+        assert (values != other).mean() > 0.9  # another epoch, another order
+        assert abs(np.corrcoef(np.arange(n), values)[0, 1]) < 0.1  # not close to the identity
+
+
+def test_sampler_needs_no_memory_per_sample():
+    """A trillion samples: a stored permutation would need terabytes; the computed one answers at once."""
+    sampler = StepSampler(10**12, 1, 8, 4, 2, 1)
+    batch = sampler.micro_batch(123456789, 0)
+    assert len(batch) == 4 and all(epoch == 0 and 0 <= index < 10**12 for epoch, index in batch)
+    assert len({index for _, index in batch}) == 4

@@ -1,16 +1,59 @@
 """Which samples each rank reads at each step.
 
-The run reads one global stream: position ``g`` is sample ``perm_e[g % N]`` of epoch ``e = g // N``, where
-``perm_e`` is a permutation seeded with ``(seed, e)``. Step ``s`` consumes positions
+The run reads one global stream: position ``g`` is sample ``perm_e(g % N)`` of epoch ``e = g // N``, where
+``perm_e`` is a pseudo-random permutation of ``[0, N)`` keyed by ``(seed, e)``. Step ``s`` consumes positions
 ``[s * global_batch, (s + 1) * global_batch)``; within them, micro-batch ``m`` of rank ``r`` takes the slice
 ``(m * world_size + r) * micro_batch`` of length ``micro_batch``. So every sample is read exactly once per epoch
 across all ranks of all nodes, the samples of a step do not depend on the world size, and resuming at step ``s``
 needs nothing but ``s``.
+
+The permutation is computed, not stored: a 4-round Feistel network over the smallest even number of bits covering
+``N``, with cycle walking (apply it again until the value falls below ``N``) to make it a bijection of ``[0, N)``.
+Memory is O(1) whatever the corpus size; a stored permutation would cost every rank 4-8 bytes per sample.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fast, well-mixing bijection of 64-bit integers."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class FeistelPermutation:
+    """A keyed pseudo-random bijection of ``[0, n)``, evaluated element-wise on int arrays."""
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, key: int):
+        self.n = int(n)
+        bits = max(2, int(self.n - 1).bit_length())
+        self.half = (bits + 1) // 2
+        self.low_mask = np.uint64((1 << self.half) - 1)
+        seq = np.random.SeedSequence(key).generate_state(self.ROUNDS, dtype=np.uint64)
+        self.round_keys = [np.uint64(k) for k in seq]
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(self.half), x & self.low_mask
+        for key in self.round_keys:
+            left, right = right, left ^ (_mix(right ^ key) & self.low_mask)
+        return (left << np.uint64(self.half)) | right
+
+    def __call__(self, indices) -> np.ndarray:
+        with np.errstate(over="ignore"):  # the mixing multiplies modulo 2**64 on purpose
+            x = np.asarray(indices, dtype=np.uint64)
+            out = self._encrypt(x)
+            pending = out >= np.uint64(self.n)
+            while pending.any():  # cycle walking: the domain is at most 4n, so few rounds are needed
+                out[pending] = self._encrypt(out[pending])
+                pending = out >= np.uint64(self.n)
+        return out.astype(np.int64)
 
 
 class StepSampler:
@@ -25,24 +68,25 @@ class StepSampler:
         self.num_samples, self.seed = num_samples, seed
         self.global_batch, self.micro, self.world, self.rank = global_batch_size, micro_batch_size, world_size, rank
         self.accumulation = global_batch_size // per_pass
-        self._perms: dict[int, np.ndarray] = {}
+        self._permutations: dict[int, FeistelPermutation] = {}
 
-    def permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:  # a micro-batch spans at most two epochs
-                self._perms.pop(min(self._perms))
-            dtype = np.uint32 if self.num_samples < 2**32 else np.int64
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perms[epoch] = rng.permutation(self.num_samples).astype(dtype)
-        return self._perms[epoch]
+    def permutation(self, epoch: int) -> FeistelPermutation:
+        if epoch not in self._permutations:
+            if len(self._permutations) >= 2:  # a micro-batch spans at most two epochs
+                self._permutations.pop(min(self._permutations))
+            self._permutations[epoch] = FeistelPermutation(self.num_samples, [self.seed, epoch])
+        return self._permutations[epoch]
 
     def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
         """``[(epoch, sample index), ...]`` of this rank's micro-batch ``micro`` of step ``step``."""
         start = step * self.global_batch + (micro * self.world + self.rank) * self.micro
+        positions = np.arange(start, start + self.micro, dtype=np.int64)
+        epochs, offsets = np.divmod(positions, self.num_samples)
         out = []
-        for position in range(start, start + self.micro):
-            epoch, offset = divmod(position, self.num_samples)
-            out.append((epoch, int(self.permutation(epoch)[offset])))
+        for epoch in np.unique(epochs):
+            chosen = epochs == epoch
+            samples = self.permutation(int(epoch))(offsets[chosen])
+            out.extend((int(epoch), int(s)) for s in samples)
         return out
 
     def epoch_of_step(self, step: int) -> float:
