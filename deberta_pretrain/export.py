@@ -27,7 +27,7 @@ import torch
 
 from .data.shards import VOCAB_FILE
 from .deberta import GPT2Tokenizer, ModelConfig
-from .fileio import write_json_atomic
+from .fileio import FILE_MODE, write_json_atomic
 
 FORMATS = ("release", "hf", "all")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -147,7 +147,7 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
         write_json_atomic(os.path.join(staging, "export.json"),
                           {"checkpoint": os.path.join(root, tag), "format": fmt, "dtype": dtype})
         for name in os.listdir(staging):  # mkdtemp and some writers create owner-only files
-            os.chmod(os.path.join(staging, name), 0o644)
+            os.chmod(os.path.join(staging, name), FILE_MODE)
         os.chmod(staging, 0o755)
         if os.path.exists(output):
             shutil.rmtree(output)

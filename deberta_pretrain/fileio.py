@@ -14,6 +14,7 @@ import tempfile
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file; mkstemp creates 0600
 
 
 def sha256_file(path, chunk_size: int = 1 << 22) -> str:
@@ -35,7 +36,7 @@ def atomic_write(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; data is shared with other users and nodes
+        os.chmod(tmp, FILE_MODE)  # data is shared with other users and nodes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .ops import StableDropout, XSoftmax
-from .relative_position import build_relative_position
+from .relative_position import build_relative_position, make_log_bucket_position
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
 
@@ -176,24 +176,25 @@ class DisentangledSelfAttention(nn.Module):
     def _backend(self, return_att: bool) -> str:
         if return_att or self.talking_head:
             return "eager"
-        return self.attention_backend
+        return "sdpa" if self.attention_backend == "auto" else self.attention_backend
 
-    def _flash_applies(self, q, query_states, relative_pos, attention_mask) -> bool:
-        """The fused kernel covers self-attention with the encoder's own relative positions and a 2-D padding mask
-        (the EMD's query subsets, custom positions and document masks go to sdpa)."""
+    def _flash_key_mask(self, q, query_states, relative_pos, attention_mask):
+        """The ``[B, L]`` key mask when the fused kernel applies, else None: it covers self-attention with the
+        encoder's own relative positions and a padding mask (the EMD's query subsets, custom positions and
+        document masks go to sdpa)."""
         from . import flash_attention  # noqa: PLC0415
 
         if not (flash_attention.is_available(q.device) and self.relative_attention and query_states is None
-                and set(self.pos_att_type) == {"c2p", "p2c"} and q.size(-1) in (16, 32, 64, 128)):
-            return False
+                and set(self.pos_att_type) == {"c2p", "p2c"} and q.size(-1) in (16, 32, 64, 128)
+                and attention_mask.size(1) == 1):
+            return None
         length = q.size(-2)
         standard = build_relative_position(length, length, q.device, self.position_buckets,
                                            self.max_relative_positions)
         if relative_pos is not None and relative_pos is not standard and not torch.equal(relative_pos, standard):
-            return False
+            return None
         key_mask = attention_mask[:, 0].any(-2)
-        return attention_mask.size(1) == 1 and torch.equal(attention_mask[:, 0],
-                                                          key_mask[:, :, None] & key_mask[:, None, :])
+        return key_mask if torch.equal(attention_mask[:, 0], key_mask[:, :, None] & key_mask[:, None, :]) else None
 
     def forward(self, hidden_states, attention_mask, return_att=False, query_states=None, relative_pos=None,
                 rel_embeddings=None):
@@ -217,16 +218,16 @@ class DisentangledSelfAttention(nn.Module):
         if self.relative_attention and self.pos_att_type and rel_embeddings is None:
             raise ValueError("rel_embeddings is required when relative_attention is on")
         backend = self._backend(return_att)
-        if backend == "auto":
-            backend = "sdpa"
-        if backend == "flash" and not self._flash_applies(q, query_states, relative_pos, attention_mask):
-            backend = "sdpa"
+        key_mask = None
+        if backend == "flash":
+            key_mask = self._flash_key_mask(q, query_states, relative_pos, attention_mask)
+            backend = "flash" if key_mask is not None else "sdpa"
         bias = None
         if self.relative_attention and self.pos_att_type and backend != "flash":
             bias = self.relative_attention_bias(q * scale, k, relative_pos, rel_embeddings, scale)
 
         if backend == "flash":
-            context, probs = self._flash(q, k, v, attention_mask[:, 0].any(-2), rel_embeddings, scale), None
+            context, probs = self._flash(q, k, v, key_mask, rel_embeddings, scale), None
         elif backend == "sdpa":
             context, probs = self._sdpa(q, k, v, bias, attention_mask, scale), None
         else:
@@ -250,7 +251,6 @@ class DisentangledSelfAttention(nn.Module):
         """The fused kernel with the tables of :mod:`.flash_attention`: ``c2p = (scale q) pos_key^T``,
         ``p2c^T = k (scale pos_query)^T`` and the table column of every relative distance."""
         from .flash_attention import flash_disentangled_attention  # noqa: PLC0415
-        from .relative_position import make_log_bucket_position  # noqa: PLC0415
 
         length, span = q.size(-2), self.pos_ebd_size
         rel_embeddings = self.pos_dropout(rel_embeddings[:2 * span]).to(q.dtype)

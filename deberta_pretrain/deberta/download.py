@@ -9,8 +9,7 @@ import os
 import tempfile
 import time
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from ..fileio import FILE_MODE
 
 
 class DownloadError(OSError):
@@ -75,7 +74,7 @@ def _download_once(requests, url, target, expected_sha256, timeout, progress) ->
             sha256 = digest.hexdigest()
             if expected_sha256 and sha256 != expected_sha256.lower():
                 raise DownloadError(f"download of {url} has sha256 {sha256}, expected {expected_sha256}")
-            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, target)
         finally:
             if bar is not None:

@@ -162,10 +162,6 @@ if triton is not None:
         tl.store(DV + kv_off, dv, mask=offs_n[:, None] < LK)
 
 
-def _column_table(relative_columns: torch.Tensor) -> torch.Tensor:
-    return relative_columns.to(torch.int32).contiguous()
-
-
 class _FlashDisentangled(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, c2p, p2c_t, columns, key_mask, scale, p_drop, seed):
@@ -232,5 +228,5 @@ def flash_disentangled_attention(q, k, v, c2p, p2c_t, columns, key_mask, scale: 
     B = q.size(0)
     c2p = c2p.expand(B, -1, -1, -1)
     p2c_t = p2c_t.expand(B, -1, -1, -1)
-    return _FlashDisentangled.apply(q, k, v, c2p, p2c_t, _column_table(columns), key_mask, float(scale),
+    return _FlashDisentangled.apply(q, k, v, c2p, p2c_t, columns.to(torch.int32).contiguous(), key_mask, float(scale),
                                     float(p_drop), seed)
