@@ -37,10 +37,11 @@ IGNORE = -100
 
 
 def model_config(name: str) -> ModelConfig:
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    # The model files are plain YAML (no interpolation), so PyYAML reads them without Hydra being installed.
+    import yaml  # noqa: PLC0415
 
-    fields = OmegaConf.to_container(OmegaConf.load(os.path.join(ROOT, "conf", "model", f"{name}.yaml")))
-    return ModelConfig.from_dict(fields).validate()
+    with open(os.path.join(ROOT, "conf", "model", f"{name}.yaml"), encoding="utf-8") as f:
+        return ModelConfig.from_dict(yaml.safe_load(f)).validate()
 
 
 def hf_model(config: ModelConfig, state: dict):
@@ -107,6 +108,12 @@ def measure(name, model, forward, batch, args, device, dtype, flops_per_token, p
         seconds = time_training(step, args.steps, args.warmup, device)
     except torch.cuda.OutOfMemoryError:
         return {"model": name, "error": "out of memory"}
+    except Exception as error:  # noqa: BLE001 - one failing contender (e.g. a kernel that does not compile) must
+        # not cost the measurements of the others
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return {"model": name, "error": f"{type(error).__name__}: {first_line[:300]}"}
+    finally:
+        optimizer.zero_grad(set_to_none=True)
     tokens = batch["input_ids"].numel()
     out = {"model": name, "step_s": round(seconds, 5), "tokens_per_s": round(tokens / seconds, 1)}
     if peak_tflops:

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import padded_batch, small_config  # noqa: E402
 
 from deberta_pretrain.deberta import DeBERTa, ModelConfig, set_attention_backend  # noqa: E402
+from deberta_pretrain.deberta import flash_attention  # noqa: E402
 from deberta_pretrain.deberta.flash_attention import flash_disentangled_attention  # noqa: E402
 
 
@@ -28,8 +29,17 @@ def config_for(generation: str, head_size: int, heads: int = 2, layers: int = 1)
 def run(model, backend, ids, mask, weights, dtype):
     set_attention_backend(model, backend)
     model.zero_grad()
-    with torch.autocast(ids.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        out = model(ids, attention_mask=mask)[-1]
+    calls = []
+    kernel = flash_attention.flash_disentangled_attention
+    flash_attention.flash_disentangled_attention = lambda *args, **kwargs: calls.append(1) or kernel(*args, **kwargs)
+    try:
+        with torch.autocast(ids.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = model(ids, attention_mask=mask)[-1]
+    finally:
+        flash_attention.flash_disentangled_attention = kernel
+    # the comparison means nothing if flash silently fell back to another backend
+    expected = model.config.num_hidden_layers if backend == "flash" else 0
+    assert len(calls) == expected, f"{backend}: fused kernel ran {len(calls)} times, expected {expected}"
     (out.float() * weights * mask[..., None]).sum().backward()
     return out.detach().float(), {n: p.grad.detach().float().clone() for n, p in model.named_parameters()
                                   if p.grad is not None}

@@ -41,3 +41,20 @@ def test_flash_matches_eager_on_gpu_in_bf16():
     flash_checks.check_against_eager("cuda", torch.bfloat16, head_sizes=(32, 64, 128),
                                      lengths=((130, 77, 1), (513, 200), (64,)), rtol=1e-3)
     flash_checks.check_dropout("cuda")
+
+
+def test_padding_key_mask_recognises_outer_products_only():
+    """The fused kernel takes a [B, L] key mask: it is recovered from the encoder's outer-product masks (without a
+    comparison) and from equal masks a caller builds, and refused for any other 3-D mask."""
+    from deberta_pretrain.deberta.masks import extended_attention_mask, padding_key_mask
+
+    pad = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    built = extended_attention_mask(pad)
+    assert padding_key_mask(built) is not None and torch.equal(padding_key_mask(built), pad.bool())
+    by_hand = torch.tensor([[[a and b for b in row] for a in row] for row in pad.tolist()], dtype=torch.bool)
+    assert torch.equal(padding_key_mask(by_hand[:, None]), pad.bool())
+    causal = torch.tril(torch.ones(4, 4, dtype=torch.bool)).expand(2, 4, 4)
+    assert padding_key_mask(causal[:, None]) is None
+    blocks = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    blocks[..., :2, :2] = blocks[..., 2:, 2:] = True  # two documents packed in one row
+    assert padding_key_mask(blocks) is None

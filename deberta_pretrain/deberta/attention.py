@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .masks import padding_key_mask
 from .ops import StableDropout, XSoftmax
 from .relative_position import build_relative_position, make_log_bucket_position
 
@@ -185,16 +186,14 @@ class DisentangledSelfAttention(nn.Module):
         from . import flash_attention  # noqa: PLC0415
 
         if not (flash_attention.is_available(q.device) and self.relative_attention and query_states is None
-                and set(self.pos_att_type) == {"c2p", "p2c"} and q.size(-1) in (16, 32, 64, 128)
-                and attention_mask.size(1) == 1):
+                and set(self.pos_att_type) == {"c2p", "p2c"} and q.size(-1) in (16, 32, 64, 128)):
             return None
         length = q.size(-2)
         standard = build_relative_position(length, length, q.device, self.position_buckets,
                                            self.max_relative_positions)
         if relative_pos is not None and relative_pos is not standard and not torch.equal(relative_pos, standard):
             return None
-        key_mask = attention_mask[:, 0].any(-2)
-        return key_mask if torch.equal(attention_mask[:, 0], key_mask[:, :, None] & key_mask[:, None, :]) else None
+        return padding_key_mask(attention_mask)
 
     def forward(self, hidden_states, attention_mask, return_att=False, query_states=None, relative_pos=None,
                 rel_embeddings=None):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .attention import DisentangledSelfAttention
+from .masks import extended_attention_mask
 from .ops import ACT2FN, MaskedLayerNorm, StableDropout, layer_norm_for
 from .relative_position import build_relative_position
 
@@ -133,17 +134,6 @@ class ConvLayer(nn.Module):
         out = out.masked_fill(~input_mask.to(torch.bool).unsqueeze(-1), 0)
         out = self.conv_act(self.dropout(out))
         return MaskedLayerNorm(self.LayerNorm, residual_states + out, input_mask)
-
-
-def extended_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, L] input mask -> [B, 1, L, L] boolean outer product (pad rows and columns masked);
-    [B, L, L] attention mask -> [B, 1, L, L]; [B, 1, L, L] as is."""
-    if attention_mask.dim() <= 2:
-        m = attention_mask.to(torch.bool)
-        return m[:, None, None, :] & m[:, None, :, None]
-    if attention_mask.dim() == 3:
-        return attention_mask.unsqueeze(1).to(torch.bool)
-    return attention_mask.to(torch.bool)
 
 
 class BertEncoder(nn.Module):

@@ -45,7 +45,7 @@ if triton is not None:
 
     @triton.jit
     def _scores(q, k_ptrs, offs_m, offs_n, c_row_ptrs, pt_base, stride_ptn, col_ptr, lq, lk, mask_k_ptr, scale,
-                L_OFFSET: tl.constexpr, PRECISION: tl.constexpr):
+                L_OFFSET, PRECISION: tl.constexpr):
         """Scores of a [BLOCK_M, BLOCK_N] tile (invalid keys at -inf) and the table columns it used."""
         k = tl.load(k_ptrs, mask=offs_n[:, None] < lk, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
@@ -70,7 +70,7 @@ if triton is not None:
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_cb, stride_ch, stride_cm, stride_pb, stride_ph, stride_pn,
                         stride_ob, stride_oh, stride_om, stride_mb,
-                        H, LQ, LK, L_OFFSET: tl.constexpr, D: tl.constexpr,
+                        H, LQ, LK, L_OFFSET, D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
                         PRECISION: tl.constexpr):
         pid_m, bh = tl.program_id(0), tl.program_id(1)
@@ -115,7 +115,7 @@ if triton is not None:
     def _backward_kernel(Q, K, V, C, PT, COL, MASK, DO, LSE, DELTA, DQ, DK, DV, DC, DPT, scale, seed, p_drop,
                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                          stride_cb, stride_ch, stride_cm, stride_pb, stride_ph, stride_pn, stride_mb,
-                         H, LQ, LK, L_OFFSET: tl.constexpr, D: tl.constexpr,
+                         H, LQ, LK, L_OFFSET, D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
                          PRECISION: tl.constexpr):
         """One program per key block: dK, dV (and dPT) accumulate locally; dQ and dC are added atomically."""
