@@ -21,7 +21,11 @@ from deberta_pretrain.data.prepare import prepare  # noqa: E402
 @hydra.main(version_base=None, config_path="../conf/data_prep", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO)
-    manifest = prepare(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    try:
+        manifest = prepare(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except (OSError, ValueError) as e:  # bad paths, settings or input files: the message names them
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['num_samples']} blocks of {manifest['max_seq_length']} tokens, "
               f"{info['num_tokens']} tokens, {info['num_documents']} documents, {len(info['shards'])} shards")

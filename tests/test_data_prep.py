@@ -4,6 +4,8 @@ interrupted runs."""
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -212,6 +214,38 @@ def test_jsonl_parquet_sources_and_their_errors(tmp_path, tokenizer):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         prepare_module.prepare(config(tmp_path / "t", {"type": "text", "paths": [str(tmp_path / "nothing-here*")]}),
                                progress=False)
+
+
+def test_datasets_source_streams_a_local_corpus_and_names_what_it_cannot_load(tmp_path, tokenizer, monkeypatch):
+    """source=hf goes through ``datasets.load_dataset(..., streaming=True)``; a local dataset folder stands in for a
+    hub corpus (no network in tests). A corpus that cannot be loaded fails before anything is written."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    records = [f"streamed document {i} with some words" for i in range(15)] + ["   "]
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in records) + "\n")
+    source = {"type": "hf", "name": str(tmp_path / "corpus"), "config_name": None, "split": "train",
+              "streaming": True, "text_field": "body"}
+    manifest = prepare_module.prepare(config(tmp_path / "out", source, validation_fraction=0.0), progress=False)
+    assert manifest["splits"]["train"]["num_documents"] == 15  # the blank record is skipped
+    assert sorted(documents_from_shards(tmp_path / "out", "train", tokenizer)) == sorted(records[:15])
+
+    for name, split, expected in ((str(tmp_path / "corpus"), "validation", "Bad split"),
+                                  ("no-such-corpus-anywhere", "train", "no-such-corpus-anywhere")):
+        bad = dict(source, name=name, split=split)
+        with pytest.raises(ValueError, match=f"source=hf: cannot load.*{expected}"):
+            prepare_module.prepare(config(tmp_path / "bad", bad), progress=False)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_prepare_command_reports_bad_input_in_one_line(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "prepare.py")
+    result = subprocess.run([sys.executable, script, f"output={tmp_path / 'out'}", "source=text",
+                             f"source.paths=[{tmp_path / 'missing'}/*.txt]"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: source.paths: no file matches '{tmp_path}/missing/*.txt'"
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_python_help_source_in_parallel_equals_serial(tmp_path):

@@ -93,18 +93,24 @@ def _parquet_documents(files, field: str) -> Iterator[str]:
 
 
 def _hf_documents(source: dict) -> Iterator[str]:
+    """Opens the corpus now (so that an unreachable or unknown corpus fails before anything is written) and
+    returns an iterator over its documents."""
     import datasets  # noqa: PLC0415
 
     name = source.get("name")
     if not name:
         raise ValueError("source.name: give a datasets corpus name, e.g. source.name=wikitext")
-    corpus = datasets.load_dataset(name, source.get("config_name"), split=source.get("split", "train"),
-                                   streaming=bool(source.get("streaming", True)))
+    try:
+        corpus = datasets.load_dataset(name, source.get("config_name"), split=source.get("split", "train"),
+                                       streaming=bool(source.get("streaming", True)))
+    except (ConnectionError, FileNotFoundError, ValueError) as e:  # offline, unknown name, config or split
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"source=hf: cannot load the datasets corpus {name!r} (config {source.get('config_name')!r}"
+                         f", split {source.get('split', 'train')!r}): {first_line}. Without network, get the files "
+                         f"elsewhere and use source=jsonl, source=parquet or source=text on them") from e
     field = source.get("text_field", "text")
-    for number, record in enumerate(corpus):
-        text = _field(record, field, f"{name} record {number}")
-        if text.strip():
-            yield text
+    return (text for number, record in enumerate(corpus)
+            if (text := _field(record, field, f"{name} record {number}")).strip())
 
 
 def python_help_topics() -> list[str]:
