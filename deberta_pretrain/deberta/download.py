@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 
-from ..fileio import FILE_MODE
+from ..fileio import atomic_write
 
 
 class DownloadError(OSError):
     """A download that failed or did not verify; the message names the URL."""
+
+
+class _Retryable(Exception):
+    pass
 
 
 def download_file(url: str, target: str, expected_sha256: str | None = None, timeout: float = 30.0,
@@ -31,15 +34,10 @@ def download_file(url: str, target: str, expected_sha256: str | None = None, tim
             time.sleep(min(2.0**attempt, 30.0))
         try:
             return _download_once(requests, url, target, expected_sha256, timeout, progress)
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-            last_error = e
-        except _Retryable as e:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                _Retryable) as e:
             last_error = e
     raise DownloadError(f"could not download {url} after {retries + 1} attempts: {last_error}")
-
-
-class _Retryable(Exception):
-    pass
 
 
 def _download_once(requests, url, target, expected_sha256, timeout, progress) -> dict:
@@ -50,35 +48,29 @@ def _download_once(requests, url, target, expected_sha256, timeout, progress) ->
             raise DownloadError(f"could not download {url}: HTTP {response.status_code} {response.reason}")
         expected_size = response.headers.get("Content-Length")
         expected_size = int(expected_size) if expected_size and expected_size.isdigit() else None
-        folder = os.path.dirname(os.path.abspath(target))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".part")
         digest, size = hashlib.sha256(), 0
         bar = None
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
 
             bar = tqdm(total=expected_size, unit="B", unit_scale=True, desc=os.path.basename(target), leave=False)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in response.iter_content(chunk_size=1 << 20):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
+
+        def write_verified(f) -> None:  # raising here leaves no file behind (atomic_write)
+            nonlocal size
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
             if expected_size is not None and size != expected_size:
                 raise DownloadError(f"download of {url} is truncated: {size} of {expected_size} bytes")
-            sha256 = digest.hexdigest()
-            if expected_sha256 and sha256 != expected_sha256.lower():
-                raise DownloadError(f"download of {url} has sha256 {sha256}, expected {expected_sha256}")
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, target)
+            if expected_sha256 and digest.hexdigest() != expected_sha256.lower():
+                raise DownloadError(f"download of {url} has sha256 {digest.hexdigest()}, expected {expected_sha256}")
+
+        try:
+            atomic_write(target, write_verified)
         finally:
             if bar is not None:
                 bar.close()
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return {"size": size, "sha256": sha256, "url": url}
+    return {"size": size, "sha256": digest.hexdigest(), "url": url}
