@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from .masks import padding_key_mask
 from .ops import StableDropout, XSoftmax
-from .relative_position import build_relative_position, make_log_bucket_position
+from .relative_position import build_relative_position, relative_position_columns
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
 
@@ -251,15 +251,13 @@ class DisentangledSelfAttention(nn.Module):
         ``p2c^T = k (scale pos_query)^T`` and the table column of every relative distance."""
         from .flash_attention import flash_disentangled_attention  # noqa: PLC0415
 
-        length, span = q.size(-2), self.pos_ebd_size
+        span = self.pos_ebd_size
         rel_embeddings = self.pos_dropout(rel_embeddings[:2 * span]).to(q.dtype)
         pos_key, pos_query = self._project_positions(rel_embeddings)
         c2p = torch.matmul(q * scale, pos_key.transpose(-1, -2))
         p2c_t = torch.matmul(k, (pos_query * scale).transpose(-1, -2))
-        delta = torch.arange(-(length - 1), length, device=q.device)
-        if self.position_buckets > 0 and self.max_relative_positions > 0:
-            delta = make_log_bucket_position(delta, self.position_buckets, self.max_relative_positions)
-        columns = torch.clamp(delta + span, 0, 2 * span - 1)
+        columns = relative_position_columns(q.size(-2), span, q.device, self.position_buckets,
+                                            self.max_relative_positions)
         dropout = self.dropout.drop_prob if self.training else 0.0
         return flash_disentangled_attention(q, k, v, c2p, p2c_t, columns, key_mask, scale, dropout)
 

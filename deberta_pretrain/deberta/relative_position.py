@@ -45,6 +45,24 @@ def build_relative_position(query_size: int, key_size: int, device=None, bucket_
     return _cached_relative_position(int(query_size), int(key_size), int(bucket_size), int(max_position), device)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_position_columns(length, span, bucket_size, max_position, device):
+    delta = torch.arange(-(length - 1), length, device=device)
+    if bucket_size > 0 and max_position > 0:
+        delta = make_log_bucket_position(delta, bucket_size, max_position)
+    return torch.clamp(delta + span, 0, 2 * span - 1).to(torch.int32)  # the kernel's index type
+
+
+def relative_position_columns(length: int, span: int, device=None, bucket_size: int = -1,
+                              max_position: int = -1) -> torch.Tensor:
+    """Row of the relative-embedding table that each relative distance ``i - j`` in ``-(length-1)..length-1`` uses
+    (element ``i - j + length - 1``): the (log-bucketed) distance plus ``span``, clamped to ``[0, 2 * span)``, as in
+    the c2p/p2c gather, as int32. The fused attention kernel looks distances up here; cached like
+    :func:`build_relative_position` (do not modify it in place)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return _cached_position_columns(int(length), int(span), int(bucket_size), int(max_position), device)
+
+
 def relative_position_from_ids(query_pos: torch.Tensor, key_pos: torch.Tensor, bucket_size: int = -1,
                                max_position: int = -1) -> torch.Tensor:
     """Relative positions from explicit per-token positions: ``query_pos`` [B, Lq], ``key_pos`` [B, Lk] ->
