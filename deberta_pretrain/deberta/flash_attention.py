@@ -45,11 +45,11 @@ if triton is not None:
 
     @triton.jit
     def _scores(q, k_ptrs, offs_m, offs_n, c_row_ptrs, pt_base, stride_ptn, col_ptr, lq, lk, mask_k_ptr, scale,
-                L_OFFSET, PRECISION: tl.constexpr):
+                PRECISION: tl.constexpr):
         """Scores of a [BLOCK_M, BLOCK_N] tile (invalid keys at -inf) and the table columns it used."""
         k = tl.load(k_ptrs, mask=offs_n[:, None] < lk, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        delta = offs_m[:, None] - offs_n[None, :] + L_OFFSET
+        delta = offs_m[:, None] - offs_n[None, :] + lk - 1  # col_ptr[0] is the distance -(lk - 1)
         key_ok = offs_n < lk
         in_tile = (offs_m[:, None] < lq) & key_ok[None, :]
         col = tl.load(col_ptr + delta, mask=in_tile, other=0)
@@ -70,7 +70,7 @@ if triton is not None:
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_cb, stride_ch, stride_cm, stride_pb, stride_ph, stride_pn,
                         stride_ob, stride_oh, stride_om, stride_mb,
-                        H, LQ, LK, L_OFFSET, D: tl.constexpr,
+                        H, LQ, LK, D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
                         PRECISION: tl.constexpr):
         pid_m, bh = tl.program_id(0), tl.program_id(1)
@@ -90,7 +90,7 @@ if triton is not None:
             offs_n = start_n + offs_n0
             k_ptrs = K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
             s, col, k = _scores(q, k_ptrs, offs_m, offs_n, c_rows, pt_base, stride_pn, COL, LQ, LK, mask_row,
-                                scale, L_OFFSET, PRECISION)
+                                scale, PRECISION)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - m_safe[:, None])
@@ -115,7 +115,7 @@ if triton is not None:
     def _backward_kernel(Q, K, V, C, PT, COL, MASK, DO, LSE, DELTA, DQ, DK, DV, DC, DPT, scale, seed, p_drop,
                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                          stride_cb, stride_ch, stride_cm, stride_pb, stride_ph, stride_pn, stride_mb,
-                         H, LQ, LK, L_OFFSET, D: tl.constexpr,
+                         H, LQ, LK, D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
                          PRECISION: tl.constexpr):
         """One program per key block: dK, dV (and dPT) accumulate locally; dQ and dC are added atomically."""
@@ -137,7 +137,7 @@ if triton is not None:
             q = tl.load(Q + q_off, mask=row_in[:, None], other=0.0)
             c_rows = C + b * stride_cb + h * stride_ch + offs_m[:, None] * stride_cm
             s, col, k = _scores(q, K + kv_off, offs_m, offs_n, c_rows, pt_base, stride_pn, COL, LQ, LK,
-                                MASK + b * stride_mb, scale, L_OFFSET, PRECISION)
+                                MASK + b * stride_mb, scale, PRECISION)
             lse = tl.load(LSE + bh * LQ + offs_m, mask=row_in, other=float("inf"))
             p = tl.exp(s - lse[:, None])  # rows without tokens have lse = inf -> p = 0
             do = tl.load(DO + q_off, mask=row_in[:, None], other=0.0)
@@ -151,11 +151,11 @@ if triton is not None:
             dv += tl.dot(tl.trans(p_used.to(do.dtype)), do, input_precision=PRECISION)
             delta = tl.load(DELTA + bh * LQ + offs_m, mask=row_in, other=0.0)
             ds = p * (dp - delta[:, None])
-            ds = tl.where(row_in[:, None] & (offs_n[None, :] < LK), ds, 0.0)
+            in_tile = row_in[:, None] & (offs_n[None, :] < LK)
+            ds = tl.where(in_tile, ds, 0.0)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * scale
             tl.atomic_add(DQ + q_off, tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale,
                           mask=row_in[:, None])
-            in_tile = row_in[:, None] & (offs_n[None, :] < LK)
             tl.atomic_add(DC + b * stride_cb + h * stride_ch + offs_m[:, None] * stride_cm + col, ds, mask=in_tile)
             tl.atomic_add(dpt_base + offs_n[None, :] * stride_pn + col, ds, mask=in_tile)
         tl.store(DK + kv_off, dk, mask=offs_n[:, None] < LK)
@@ -177,7 +177,7 @@ class _FlashDisentangled(torch.autograd.Function):
                               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                               c2p.stride(0), c2p.stride(1), c2p.stride(2), p2c_t.stride(0), p2c_t.stride(1),
                               p2c_t.stride(2), out.stride(0), out.stride(1), out.stride(2), key_mask.stride(0),
-                              H, LQ, LK, L_OFFSET=LK - 1, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
+                              H, LQ, LK, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
                               DROPOUT=p_drop > 0, PRECISION=_precision(q))
         ctx.save_for_backward(q, k, v, c2p, p2c_t, columns, key_mask, out, lse)
         ctx.scale, ctx.p_drop, ctx.seed = scale, p_drop, seed
@@ -201,7 +201,7 @@ class _FlashDisentangled(torch.autograd.Function):
                                ctx.scale, ctx.seed, ctx.p_drop,
                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                                c2p.stride(0), c2p.stride(1), c2p.stride(2), p2c_t.stride(0), p2c_t.stride(1),
-                               p2c_t.stride(2), key_mask.stride(0), H, LQ, LK, L_OFFSET=LK - 1, D=D,
+                               p2c_t.stride(2), key_mask.stride(0), H, LQ, LK, D=D,
                                BLOCK_M=block_m, BLOCK_N=block_n, DROPOUT=ctx.p_drop > 0, PRECISION=_precision(q))
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dc.to(c2p.dtype), dpt.to(p2c_t.dtype),
                 None, None, None, None, None)
