@@ -16,6 +16,7 @@ On a GPU the JSON also goes to benchmarks/results/<date>-<gpu>.json (``--out`` t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -125,6 +126,24 @@ def measure(name, model, forward, batch, args, device, dtype, flops_per_token, p
     return out
 
 
+@contextlib.contextmanager
+def counting_fused_kernel_calls():
+    """Counts calls of the fused flash kernel, so that a silent fallback to ``sdpa`` cannot pose as ``flash``."""
+    from deberta_pretrain.deberta import flash_attention  # noqa: PLC0415
+
+    kernel, calls = flash_attention.flash_disentangled_attention, [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return kernel(*args, **kwargs)
+
+    flash_attention.flash_disentangled_attention = counted
+    try:
+        yield calls
+    finally:
+        flash_attention.flash_disentangled_attention = kernel
+
+
 def ours_forward(model, batch):
     return model(batch["input_ids"], batch["mask"], batch["labels"])["loss"]
 
@@ -142,6 +161,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU")
     parser.add_argument("--backends", nargs="+", default=None, help="default: flash sdpa eager on GPU, sdpa eager on CPU")
     parser.add_argument("--hf-max-length", type=int, default=2048, help="longest L at which HF is run")
+    parser.add_argument("--eager-max-length", type=int, default=2048,
+                        help="longest L at which our eager backend (which materialises the L x L scores) is run")
     parser.add_argument("--emd", action="store_true", help="our model with its Enhanced Mask Decoder")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
@@ -170,9 +191,13 @@ def main() -> None:
         flops = metrics.flops_per_token(config, length, 0.15, args.emd, batch_size * length)
         results = {}
         for backend in args.backends:
+            if backend == "eager" and length > args.eager_max_length:
+                continue
             set_attention_backend(ours, backend)
-            results[f"ours-{backend}"] = measure(f"ours-{backend}", ours, ours_forward, batch, args, device, dtype,
-                                                 flops, peak)
+            with counting_fused_kernel_calls() as calls:
+                row = measure(f"ours-{backend}", ours, ours_forward, batch, args, device, dtype, flops, peak)
+            row["fused_kernel_used"] = calls[0] > 0
+            results[f"ours-{backend}"] = row
             ours.load_state_dict(state)  # every contender starts from the same weights
         del ours
         if length <= args.hf_max_length:

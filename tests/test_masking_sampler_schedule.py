@@ -147,8 +147,11 @@ def test_deepspeed_config_batch_arithmetic_and_errors():
     cfg.train.global_batch_size, cfg.train.micro_batch_size, cfg.precision = 64, 8, "bf16"
     config = optim.deepspeed_config(cfg, world_size=4, on_gpu=False)
     assert config["gradient_accumulation_steps"] == 2 and config["bf16"] == {"enabled": True}
-    assert "optimizer" not in config  # CPU: a torch AdamW is passed in, nothing to compile
+    assert "optimizer" not in config  # a torch AdamW is passed in, nothing to compile
+    assert "optimizer" not in optim.deepspeed_config(cfg, world_size=4, on_gpu=True)  # torch's fused AdamW
+    cfg.deepspeed.zero_stage, cfg.deepspeed.offload = 2, True  # offloaded state: DeepSpeed's CPU-Adam
     assert optim.deepspeed_config(cfg, world_size=4, on_gpu=True)["optimizer"]["type"] == "AdamW"
+    cfg.deepspeed.zero_stage, cfg.deepspeed.offload = 0, False
     cfg.deepspeed.extra = {"zero_optimization": {"reduce_bucket_size": 123}}
     merged = optim.deepspeed_config(cfg, world_size=1, on_gpu=False)
     assert merged["zero_optimization"] == {"stage": 0, "reduce_bucket_size": 123}

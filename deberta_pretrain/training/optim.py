@@ -49,9 +49,16 @@ def adam_params(cfg) -> dict:
             "weight_decay": cfg.optim.weight_decay}
 
 
-def uses_deepspeed_optimizer(cfg, on_gpu: bool) -> bool:
-    """DeepSpeed's own Adam (fused on GPU, CPU-Adam with offload); elsewhere a torch AdamW, so nothing compiles."""
-    return on_gpu or cfg.deepspeed.offload
+def uses_deepspeed_optimizer(cfg) -> bool:
+    """DeepSpeed's CPU-Adam when the optimizer state is offloaded; otherwise a torch AdamW (see build_optimizer)."""
+    return bool(cfg.deepspeed.offload)
+
+
+def build_optimizer(groups: list[dict], cfg, on_gpu: bool) -> torch.optim.Optimizer:
+    """torch's AdamW, with its single-kernel ``fused`` implementation on GPUs. DeepSpeed's FusedAdam is as fast but is
+    JIT-compiled with nvcc on first use (a minute of start-up, and a failure where the CUDA toolkit is missing);
+    torch's ships compiled, and DeepSpeed's ZeRO stages take it as they take their own."""
+    return torch.optim.AdamW(groups, **adam_params(cfg), fused=on_gpu)
 
 
 def deepspeed_config(cfg, world_size: int, on_gpu: bool) -> dict:
@@ -83,7 +90,7 @@ def deepspeed_config(cfg, world_size: int, on_gpu: bool) -> dict:
             raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                           "hysteresis": 2, "min_loss_scale": 1}
-    if uses_deepspeed_optimizer(cfg, on_gpu):
+    if uses_deepspeed_optimizer(cfg):
         params = adam_params(cfg)
         params["betas"] = list(params["betas"])
         config["optimizer"] = {"type": "AdamW", "params": params}

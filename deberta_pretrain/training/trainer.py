@@ -180,10 +180,10 @@ class Run:
             self.initial_state = None
         self.ds_config = optim.deepspeed_config(cfg, self.world, self.on_gpu)
         groups = optim.param_groups(model, cfg.optim.weight_decay)
-        if optim.uses_deepspeed_optimizer(cfg, self.on_gpu):
+        if optim.uses_deepspeed_optimizer(cfg):
             optimizer, scheduler = None, (lambda opt: optim.build_scheduler(opt, cfg))
         else:
-            optimizer = torch.optim.AdamW(groups, **optim.adam_params(cfg))
+            optimizer = optim.build_optimizer(groups, cfg, self.on_gpu)
             scheduler = optim.build_scheduler(optimizer, cfg)
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                                lr_scheduler=scheduler, config=self.ds_config)
@@ -322,6 +322,8 @@ def pretrain(cfg) -> dict:
                     "tokens_per_s": tokens_per_s, "epoch": sampler.epoch_of_step(step),
                     "step_time_s": elapsed / window_steps,
                     "mfu": (tokens_per_s * flops_tok / (peak * 1e12 * run.world)) if peak else None}
+            if cfg.precision == "fp16":  # updates dropped by dynamic loss scaling (overflow), since the run began
+                last["skipped_steps"] = int(engine.skipped_steps)
             log.log(last)
             if bar is not None:
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}",
