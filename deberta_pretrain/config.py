@@ -86,6 +86,7 @@ class TrainSchema:
     keep_last: int = 2
     log_every: int = 10
     gradient_clipping: float = 1.0
+    on_nonfinite: str = "stop"  # stop | skip: what a non-finite training loss does (bf16/fp32)
 
 
 @dataclass
@@ -158,6 +159,13 @@ def validate(cfg) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(getattr(cfg, section), name)}")
+    choice("train.on_nonfinite", cfg.train.on_nonfinite, ("stop", "skip"))
+    if cfg.train.on_nonfinite == "skip" and cfg.precision != "fp16" and not (
+            cfg.deepspeed.zero_stage in (1, 2) or (cfg.deepspeed.zero_stage == 3 and cfg.precision == "bf16")):
+        raise ValueError(f"train.on_nonfinite=skip drops an update through DeepSpeed's check of the gradients, which "
+                         f"runs at deepspeed.zero_stage 1 or 2, or 3 with bf16 (this run: zero_stage="
+                         f"{cfg.deepspeed.zero_stage}, precision={cfg.precision}); use train.on_nonfinite=stop or "
+                         f"another stage")
     if not 0 < cfg.data.mask_prob < 1:
         raise ValueError(f"data.mask_prob must be in (0, 1), got {cfg.data.mask_prob}")
     if cfg.data.mask_token_prob + cfg.data.random_token_prob > 1:

@@ -14,6 +14,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, "launch", "pretrain.py")
 
 
+FAULTS = os.path.join(ROOT, "tests", "faults")
+
+
+def fault_env(fault: str) -> dict:
+    """Environment that makes every process of a run inject ``fault`` (see tests/faults/sitecustomize.py)."""
+    path = os.environ.get("PYTHONPATH")
+    return {"DEBERTA_PRETRAIN_FAULT": fault, "PYTHONPATH": FAULTS + (os.pathsep + path if path else "")}
+
+
 def tiny_overrides(data_path, output_root, name: str, **extra) -> list[str]:
     """A run of the tiny model small enough for CI: 4 steps of 4 blocks, checkpoints every 2 steps."""
     values = {"name": name, "output_root": str(output_root), "data.path": str(data_path), "model": "tiny",

@@ -15,7 +15,7 @@ import pytest
 from deberta_pretrain.data import staging
 from deberta_pretrain.data.shards import ShardedDataset
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import PRETRAIN, ROOT, free_port, run_pretrain, tiny_overrides
+from pretrain_helpers import PRETRAIN, ROOT, fault_env, free_port, run_pretrain, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def start_two_nodes(tmp_path, overrides, port, fault=None):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    env = env_for_ranks(**({"DEBERTA_PRETRAIN_FAULT": fault} if fault else {}))
+    env = env_for_ranks(**(fault_env(fault) if fault else {}))
     return [subprocess.Popen([deepspeed, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),
                               "--master_addr", "127.0.0.1", "--master_port", str(port), PRETRAIN] + overrides,
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

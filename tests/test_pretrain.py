@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import checkpoint_dir, module_state, run_pretrain, tiny_overrides
+from pretrain_helpers import checkpoint_dir, fault_env, module_state, run_pretrain, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_resume_after_a_kill_is_exact(data, tmp_path, fault):
     common = {"deepspeed.zero_stage": 1}
     run_pretrain(tiny_overrides(data, tmp_path, "straight", **common))
     first = run_pretrain(tiny_overrides(data, tmp_path, "stopped", **common),
-                         env={"DEBERTA_PRETRAIN_FAULT": fault}, check=False)
+                         env=fault_env(fault), check=False)
     stopped = tmp_path / "stopped"
     if fault.startswith("sigkill"):
         assert first.returncode != 0

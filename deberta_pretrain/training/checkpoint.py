@@ -1,18 +1,25 @@
-"""DeepSpeed checkpoints that are never trusted half-written.
+"""DeepSpeed checkpoints that are never trusted half-written, and that resume on any number of processes.
 
-Every rank calls ``engine.save_checkpoint`` into ``checkpoints/step_NNNNNNNN``; after a barrier, rank 0 records the
-files and their sizes in ``complete.json`` and only then points ``latest`` at the new tag (DeepSpeed's own
-``latest`` format, so DeepSpeed's tools such as ``zero_to_fp32.py`` keep working), and prunes old checkpoints down
-to ``keep_last``. On resume, a checkpoint without ``complete.json``, with missing or resized files, or that fails
-to load is reported and the previous complete one is used.
+Saving: every rank calls ``engine.save_checkpoint`` into ``checkpoints/step_NNNNNNNN``; when every rank has written
+its files, rank 0 records them with their sizes and the layout that wrote them (world size, ZeRO stage, whether the
+optimizer state is partitioned) in ``complete.json``, then points ``latest`` at the new tag (DeepSpeed's own format,
+so its tools such as ``zero_to_fp32.py`` keep working) and prunes old checkpoints down to ``keep_last``. A save that
+fails on any rank (a full disk, say) leaves ``latest`` on the previous checkpoint and raises ``CheckpointError``.
+
+Resuming: the complete checkpoints are tried newest first. One whose optimizer state was partitioned over another
+number of processes (or another ZeRO stage) is converted once to DeepSpeed's universal format, which DeepSpeed
+re-partitions for any layout; the converted form is cached in the checkpoint's own folder (``universal/``, renamed
+into place when complete). Deciding what to load is this module's policy; building the engine is the caller's.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import shutil
+from types import SimpleNamespace
 
 import torch.distributed as dist
 
@@ -20,6 +27,12 @@ from ..fileio import atomic_write, write_json_atomic
 
 logger = logging.getLogger(__name__)
 MARKER = "complete.json"
+UNIVERSAL = "universal"
+PARTITIONED_FILES = "*zero_pp_rank_*_optim_states.pt"  # ZeRO 1-3: one optimizer shard per data-parallel rank
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be saved or loaded; the message names it and the cause."""
 
 
 def tag_for(step: int) -> str:
@@ -27,55 +40,99 @@ def tag_for(step: int) -> str:
 
 
 def step_of(tag: str) -> int:
-    return int(tag.split("_")[-1])
+    return int(tag.split("/")[0].split("_")[-1])
+
+
+def first_error(error: str | None) -> str | None:
+    """Every rank's error (or None) gathered; the first one, the same on every rank."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, error)
+    return next((e for e in gathered if e), None)
 
 
 class Checkpointer:
-    def __init__(self, directory: str, engine, keep_last: int, rank: int):
-        self.directory, self.engine, self.keep_last, self.rank = directory, engine, keep_last, rank
+    """Saves and finds the checkpoints of one run directory for a job of ``world_size`` ranks at ``zero_stage``."""
+
+    def __init__(self, directory: str, keep_last: int, rank: int, world_size: int, zero_stage: int):
+        self.directory, self.keep_last, self.rank = directory, keep_last, rank
+        self.world_size, self.zero_stage = world_size, zero_stage
+
+    def path(self, tag: str) -> str:
+        return os.path.join(self.directory, tag)
 
     # ---- saving ---------------------------------------------------------------------------------------
-    def save(self, step: int, client_state: dict) -> str:
+    def save(self, engine, step: int, client_state: dict) -> str:
         tag = tag_for(step)
-        self.engine.save_checkpoint(self.directory, tag=tag, client_state=client_state, save_latest=False)
+        if self.rank == 0 and os.path.isdir(self.path(tag)):  # the leftover of an interrupted save of this step:
+            shutil.rmtree(self.path(tag))  # its files (of another world size, say) must not mix with the new ones
         dist.barrier()
-        if self.rank == 0:
-            folder = os.path.join(self.directory, tag)
-            files = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
-                     if os.path.isfile(os.path.join(folder, name)) and name != MARKER}
-            write_json_atomic(os.path.join(folder, MARKER), {"step": step, "files": files})
-            atomic_write(os.path.join(self.directory, "latest"), lambda f: f.write(tag.encode()))
-            self._prune()
-        dist.barrier()
+        error = None
+        try:
+            engine.save_checkpoint(self.directory, tag=tag, client_state=client_state, save_latest=False)
+        except OSError as e:  # a full disk or a lost mount: no rank may go on as if the checkpoint existed
+            error = f"rank {self.rank}: {e}"
+        error = first_error(error)
+        if error is None and self.rank == 0:
+            try:
+                self._mark_complete(tag, step)
+            except OSError as e:
+                error = f"rank 0: {e}"
+        error = first_error(error)
+        if error is not None:
+            raise CheckpointError(f"checkpoint {self.path(tag)} could not be written ({error}); "
+                                  f"{self.describe_latest()}")
         return tag
+
+    def _mark_complete(self, tag: str, step: int) -> None:
+        folder = self.path(tag)
+        files = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+                 if os.path.isfile(os.path.join(folder, name)) and name != MARKER}
+        partitioned = bool(glob.glob(os.path.join(folder, PARTITIONED_FILES)))
+        write_json_atomic(os.path.join(folder, MARKER), {
+            "step": step, "files": files, "world_size": self.world_size, "zero_stage": self.zero_stage,
+            "partitioned": partitioned})
+        atomic_write(os.path.join(self.directory, "latest"), lambda f: f.write(tag.encode()))
+        self._prune()
+
+    def describe_latest(self) -> str:
+        """Where ``latest`` points, in words for an error message."""
+        try:
+            with open(os.path.join(self.directory, "latest"), encoding="utf-8") as f:
+                return f"`latest` still names the previous checkpoint {self.path(f.read().strip())}"
+        except OSError:
+            return "there is no earlier checkpoint"
 
     def _prune(self) -> None:
         complete = self.complete_tags()
         for tag in complete[self.keep_last:]:
-            shutil.rmtree(os.path.join(self.directory, tag), ignore_errors=True)
+            shutil.rmtree(self.path(tag), ignore_errors=True)
         keep = set(complete[: self.keep_last])
         newest = step_of(complete[0]) if complete else -1
         for tag in self.all_tags():  # leftovers of interrupted saves older than the newest complete one
             if tag not in keep and step_of(tag) < newest:
-                shutil.rmtree(os.path.join(self.directory, tag), ignore_errors=True)
+                shutil.rmtree(self.path(tag), ignore_errors=True)
 
-    # ---- finding and loading --------------------------------------------------------------------------
+    # ---- finding --------------------------------------------------------------------------------------
     def all_tags(self) -> list[str]:
         if not os.path.isdir(self.directory):
             return []
         tags = [t for t in os.listdir(self.directory) if t.startswith("step_") and t[5:].isdigit()]
         return sorted(tags, key=step_of, reverse=True)
 
+    def marker(self, tag: str) -> dict | None:
+        try:
+            with open(os.path.join(self.path(tag), MARKER), encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def problem(self, tag: str) -> str | None:
         """Why checkpoint ``tag`` cannot be trusted, or None."""
-        folder = os.path.join(self.directory, tag)
-        try:
-            with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
-                marker = json.load(f)
-        except (OSError, json.JSONDecodeError):
+        marker = self.marker(tag)
+        if marker is None:
             return "incomplete (no complete.json: the save did not finish)"
         for name, size in marker["files"].items():
-            path = os.path.join(folder, name)
+            path = os.path.join(self.path(tag), name)
             if not os.path.isfile(path):
                 return f"file {name} is missing"
             if os.path.getsize(path) != size:
@@ -85,34 +142,89 @@ class Checkpointer:
     def complete_tags(self) -> list[str]:
         return [t for t in self.all_tags() if self.problem(t) is None]
 
-    def load_latest(self) -> tuple[int, dict] | None:
-        """Load the newest usable checkpoint into the engine; returns (step, client_state) or None."""
-        tags = self.all_tags() if self.rank == 0 else []
-        candidates = []
-        for tag in tags:
-            problem = self.problem(tag)
-            if problem:
-                logger.warning("checkpoint %s is not usable: %s; trying the previous one",
-                               os.path.join(self.directory, tag), problem)
-            else:
-                candidates.append(tag)
-        shared = [candidates]
+    def survey(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """(usable tags newest first, [(tag, why it is not usable)]), decided on rank 0 and shared."""
+        shared = [None]
+        if self.rank == 0:
+            usable, refused = [], []
+            for tag in self.all_tags():
+                problem = self.problem(tag)
+                (refused.append((tag, problem)) if problem else usable.append(tag))
+            shared = [(usable, refused)]
         dist.broadcast_object_list(shared, src=0)
-        for tag in shared[0]:
-            failed = None
+        return shared[0]
+
+    # ---- loading --------------------------------------------------------------------------------------
+    def layout(self, tag: str) -> dict:
+        """How ``tag`` was written; for checkpoints older than that record, read off its files."""
+        marker = self.marker(tag) or {}
+        if "world_size" in marker:
+            return {k: marker[k] for k in ("world_size", "zero_stage", "partitioned")}
+        shards = glob.glob(os.path.join(self.path(tag), PARTITIONED_FILES))
+        return {"world_size": len(shards) or None, "zero_stage": None, "partitioned": bool(shards)}
+
+    def load_plan(self, tag: str) -> tuple[str, bool]:
+        """(the tag to load, whether it is in universal form). Converts on rank 0 when the layout changed; raises
+        ``CheckpointError`` (on every rank) when no conversion can bridge the change."""
+        layout = self.layout(tag)
+        now_partitioned = self.zero_stage > 0
+        error, universal = None, False
+        if not layout["partitioned"]:
+            if now_partitioned:
+                error = (f"its optimizer state is not partitioned (deepspeed.zero_stage=0), and this run uses "
+                         f"deepspeed.zero_stage={self.zero_stage}; resume with deepspeed.zero_stage=0")
+        elif not now_partitioned:
+            error = (f"its optimizer state is partitioned (ZeRO stage {layout['zero_stage'] or '1-3'}), and this run "
+                     f"uses deepspeed.zero_stage=0; resume with a ZeRO stage of 1 to 3")
+        else:
+            universal = (layout["world_size"] != self.world_size
+                         or (layout["zero_stage"] is not None and layout["zero_stage"] != self.zero_stage))
+        if universal and self.rank == 0:
             try:
-                path, client_state = self.engine.load_checkpoint(self.directory, tag=tag)
-                if path is None:
-                    failed = "DeepSpeed found nothing to load"
-            except Exception as e:  # noqa: BLE001 - any failure means: use the previous checkpoint
-                failed = f"{type(e).__name__}: {e}"
-            flags = [failed]
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, flags[0])
-            errors = [g for g in gathered if g]
-            if not errors:
-                return step_of(tag), client_state or {}
-            if self.rank == 0:
-                logger.warning("checkpoint %s failed to load (%s); trying the previous one",
-                               os.path.join(self.directory, tag), errors[0])
-        return None
+                self._convert_to_universal(tag, layout)
+            except Exception as e:  # noqa: BLE001 - any failure of the conversion refuses this checkpoint
+                error = f"conversion to DeepSpeed's universal format failed: {type(e).__name__}: {e}"
+        error = first_error(error)
+        if error:
+            raise CheckpointError(error)
+        return (f"{tag}/{UNIVERSAL}" if universal else tag), universal
+
+    def _convert_to_universal(self, tag: str, layout: dict) -> None:
+        target = os.path.join(self.path(tag), UNIVERSAL)
+        if os.path.isfile(os.path.join(target, MARKER)):
+            logger.info("using the universal form of %s cached in %s", self.path(tag), target)
+            return
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal  # noqa: PLC0415
+
+        logger.warning("checkpoint %s was written by %s ranks at ZeRO stage %s; this run has %d at stage %d: "
+                       "converting it once to DeepSpeed's universal format in %s", self.path(tag),
+                       layout["world_size"], layout["zero_stage"], self.world_size, self.zero_stage, target)
+        partial = os.path.join(self.path(tag), f".{UNIVERSAL}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            ds_to_universal(SimpleNamespace(input_folder=self.path(tag), output_folder=partial, num_extract_workers=1,
+                                            num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                            inject_missing_state=True))
+            write_json_atomic(os.path.join(partial, MARKER), {"from": tag, "layout": layout})
+            shutil.rmtree(target, ignore_errors=True)  # an earlier, unmarked attempt
+            os.replace(partial, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+            stray = os.path.join(self.path(tag), "latest_universal")  # DeepSpeed's pointer to the partial folder
+            if os.path.exists(stray):
+                os.remove(stray)
+
+    def load(self, engine, load_tag: str) -> tuple[int, dict]:
+        """Load ``load_tag`` into ``engine``; returns (step, client_state) or raises ``CheckpointError`` on every
+        rank. After a failure the engine is half-loaded and must be discarded."""
+        error, client_state = None, None
+        try:
+            path, client_state = engine.load_checkpoint(self.directory, tag=load_tag)
+            if path is None:
+                error = "DeepSpeed found nothing to load"
+        except Exception as e:  # noqa: BLE001 - any failure refuses this checkpoint
+            error = f"{type(e).__name__}: {e}"
+        error = first_error(error)
+        if error:
+            raise CheckpointError(error)
+        return step_of(load_tag), client_state or {}

@@ -9,6 +9,7 @@ import os
 import secrets
 
 from ..deberta.relative_position import make_log_bucket_position
+from ..fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +62,14 @@ def flops_per_token(config, length: int, mask_fraction: float, emd: bool, tokens
 class MetricsLogger:
     """Rank 0 only: appends JSON lines to ``metrics.jsonl`` and mirrors them to wandb."""
 
-    def __init__(self, run_dir: str, cfg, resume_id: str | None, enabled: bool):
+    def __init__(self, run_dir: str, cfg, resume_id: str | None, enabled: bool, start_step: int = 0):
         self.enabled = enabled
         self.wandb_run = None
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.run_id = resume_id
         if not enabled:
             return
+        self._forget_after(start_step)
         mode = cfg.logging.wandb.mode
         if mode != "disabled":
             import wandb  # noqa: PLC0415
@@ -79,6 +81,17 @@ class MetricsLogger:
                                         name=cfg.name, id=self.run_id, resume="allow", mode=mode, dir=run_dir,
                                         tags=list(cfg.logging.wandb.tags),
                                         config=OmegaConf.to_container(cfg, resolve=True))
+
+    def _forget_after(self, start_step: int) -> None:
+        """Drop the records of steps that the run is about to do again (those logged after the checkpoint it resumes
+        from, or all of them when it starts afresh), so that the file holds one record per step and split."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if start_step > 0 and json.loads(line)["step"] <= start_step]
+        if len(kept) != len(lines):
+            atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
 
     def log(self, record: dict) -> None:
         if not self.enabled:

@@ -19,6 +19,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def repair_after_universal_load(engine, cfg) -> None:
+    """Undo two slips of DeepSpeed 0.19's ZeRO-3 universal-checkpoint load: every parameter group gets the first
+    group's settings (biases and LayerNorm weights would be decayed from then on), and every group's state shares
+    one ``step`` tensor (AdamW increments it in place, once per group and step, so later groups would use the wrong
+    bias correction). The groups are those of ``param_groups``, in its order."""
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer inside ZeRO's wrapper
+    for group, decay in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0)):
+        group["weight_decay"] = decay
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
 def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: float = 0.0) -> float:
     """Learning-rate multiplier of the ``step``-th optimizer update (1-based, as upstream's ``state['step']``, so
     the first update does not have a learning rate of 0).

@@ -28,7 +28,7 @@ from ..deberta import GPT2Tokenizer, MaskedLanguageModel, ModelConfig, set_atten
 from ..deberta.nnmodule import report_load_result
 from ..fileio import write_json_atomic
 from . import distributed, metrics, optim
-from .checkpoint import Checkpointer
+from .checkpoint import CheckpointError, Checkpointer
 from .initial_weights import load_initial_weights
 
 logger = logging.getLogger("deberta_pretrain")
@@ -36,7 +36,6 @@ RUNTIME_MODEL_KEYS = ("attention_backend", "use_emd", "gradient_checkpointing", 
 # Changing these between a run and its resumption would silently train something else.
 RESUME_KEYS = ("model", "data.path", "data.masking", "data.mask_prob", "data.max_ngram", "data.document_attention",
                "seed", "train.global_batch_size", "precision")
-FAULT_ENV = "DEBERTA_PRETRAIN_FAULT"  # fault injection for tests: "sigterm@STEP" or "sigkill@STEP"
 
 
 STOP_FILE = "STOP"  # created in the run directory (by a user or launch/slurm/pretrain.sbatch) to stop the run
@@ -166,7 +165,8 @@ class Run:
             logging.getLogger().addHandler(handler)
         dist.barrier()
 
-    def build_engine(self):
+    def build_engine(self, load_universal: bool = False):
+        """A fresh engine; ``load_universal`` prepares it to load a checkpoint in DeepSpeed's universal form."""
         import deepspeed  # noqa: PLC0415
 
         cfg = self.cfg
@@ -179,6 +179,8 @@ class Run:
                                strict=False)
             self.initial_state = None
         self.ds_config = optim.deepspeed_config(cfg, self.world, self.on_gpu)
+        if load_universal:
+            self.ds_config["checkpoint"] = {"load_universal": True}
         groups = optim.param_groups(model, cfg.optim.weight_decay)
         if optim.uses_deepspeed_optimizer(cfg):
             optimizer, scheduler = None, (lambda opt: optim.build_scheduler(opt, cfg))
@@ -247,26 +249,61 @@ def evaluate(run: Run, collator: MLMCollator) -> dict:
             "perplexity": math.exp(min(loss, 50.0)), "predictions": int(totals[2].item())}
 
 
+def resume_or_start(run: Run, checkpointer: Checkpointer):
+    """(engine, step, client_state): the engine at the newest checkpoint that loads, whatever world size or ZeRO
+    layout wrote it, or a fresh engine at step 0 when the run has no checkpoint. A run never starts over in a
+    directory that holds checkpoints: when none loads, every one is listed with the reason and nothing is changed.
+    Each attempt gets a fresh engine, so a failed load never leaves a half-loaded one behind."""
+    usable, refused = checkpointer.survey()
+    for tag in usable:
+        try:
+            load_tag, universal = checkpointer.load_plan(tag)
+            engine = run.build_engine(load_universal=universal)
+            step, client_state = checkpointer.load(engine, load_tag)
+            if universal:
+                optim.repair_after_universal_load(engine, run.cfg)
+        except CheckpointError as e:
+            refused.append((tag, str(e)))
+            if getattr(run, "engine", None) is not None:
+                run.engine.destroy()
+                run.engine = None
+            continue
+        for bad, why in refused:
+            if run.rank == 0:
+                logger.warning("checkpoint %s is not usable: %s", checkpointer.path(bad), why)
+        return engine, step, client_state
+    interrupted = all(why.startswith("incomplete") for _, why in refused)
+    if refused and not interrupted:
+        listing = "\n".join(f"  {checkpointer.path(tag)}: {why}" for tag, why in sorted(refused))
+        raise SystemExit(f"error: {run.run_dir} holds checkpoints but none can be resumed:\n{listing}\n"
+                         f"Nothing was changed. Repair or remove them, or start a new run (another name=).")
+    if refused and run.rank == 0:  # only saves that never finished: there is nothing to resume
+        logger.warning("ignoring interrupted saves that never completed: %s",
+                       ", ".join(checkpointer.path(tag) for tag, _ in refused))
+    return run.build_engine(), 0, {}
+
+
+def check_resumable(run: Run, client_state: dict, fingerprint: dict) -> None:
+    saved = client_state.get("config_fingerprint")
+    if saved is not None and saved != fingerprint:
+        changed = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
+        raise SystemExit(f"error: {run.run_dir} was trained with different values of {', '.join(changed)}; "
+                         f"start a new run (another name=) or restore those settings")
+
+
 def pretrain(cfg) -> dict:
     """Run (or resume) the pretraining described by ``cfg``; returns the last logged training metrics."""
     run = Run(cfg)
-    run.prepare_run_dir()
-    engine = run.build_engine()
-    checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), engine, cfg.train.keep_last, run.rank)
+    checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank, run.world,
+                                cfg.deepspeed.zero_stage)
     fingerprint = resume_fingerprint(cfg)
-    resumed = checkpointer.load_latest()
-    start_step, wandb_id = 0, None
-    if resumed is not None:
-        start_step, client_state = resumed
-        wandb_id = client_state.get("wandb_id")
-        saved = client_state.get("config_fingerprint")
-        if saved is not None and saved != fingerprint:
-            changed = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
-            raise SystemExit(f"error: {run.run_dir} was trained with different values of {', '.join(changed)}; "
-                             f"start a new run (another name=) or restore those settings")
-        if run.rank == 0:
-            logger.info("resuming %s from step %d", run.run_dir, start_step)
-    log = metrics.MetricsLogger(run.run_dir, cfg, wandb_id, enabled=run.rank == 0)
+    engine, start_step, client_state = resume_or_start(run, checkpointer)
+    check_resumable(run, client_state, fingerprint)
+    run.prepare_run_dir()  # only now, so that a refused resume leaves every file as it was
+    if start_step and run.rank == 0:
+        logger.info("resuming %s from step %d", run.run_dir, start_step)
+    log = metrics.MetricsLogger(run.run_dir, cfg, client_state.get("wandb_id"), enabled=run.rank == 0,
+                                start_step=start_step)
 
     sampler = StepSampler(len(run.train_set), cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
                           run.world, run.rank)
@@ -282,7 +319,7 @@ def pretrain(cfg) -> dict:
     flops_tok = metrics.flops_per_token(run.model_config, length, cfg.data.mask_prob,
                                         engine.module.lm_predictions.use_emd, tokens_per_step)
     stop = StopRequest(run.run_dir, run.rank)
-    fault = os.environ.get(FAULT_ENV, "")
+    watch_loss = cfg.precision != "fp16"  # fp16: DeepSpeed's loss scaling owns overflows
     bar = None
     if run.rank == 0 and cfg.logging.progress_bar:
         from tqdm import tqdm  # noqa: PLC0415
@@ -296,22 +333,32 @@ def pretrain(cfg) -> dict:
     batches = iter(loader)
     stats = torch.zeros(5, dtype=torch.float64, device=run.device)  # loss sum, micro count, correct, preds, tokens
     window_start, window_steps, last = time.perf_counter(), 0, {}
+    skipped_at_start = engine.skipped_steps
     step = start_step
     while step < cfg.train.max_steps:
-        if fault == f"sigterm@{step}":
-            os.kill(os.getpid(), signal.SIGTERM)
-        if fault == f"sigkill@{step}":
-            os.kill(os.getpid(), signal.SIGKILL)
         torch.manual_seed(step_seed(cfg.seed, run.rank, step))
+        nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
         for _ in range(sampler.accumulation):
             batch = {k: v.to(run.device, non_blocking=True) for k, v in next(batches).items()}
             out = engine(**batch)
             engine.backward(out["loss"])
             engine.step()
+            nonfinite |= ~torch.isfinite(out["loss"].detach())
             stats += torch.tensor([out["loss"].item(), 1.0, float(out["num_correct"]), out["num_predictions"],
                                    float(batch["input_mask"].sum())], dtype=torch.float64, device=run.device)
         step += 1
         window_steps += 1
+        # one vote per step, read once: a stop request on any rank, a non-finite loss on any rank
+        votes = torch.stack([torch.tensor(stop.requested, device=run.device), nonfinite & watch_loss]).float()
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        stop_requested, diverged = (bool(v) for v in votes.tolist())
+        if diverged and cfg.train.on_nonfinite == "stop":
+            raise SystemExit(f"error: the training loss is not finite at step {step} (train.on_nonfinite=stop); "
+                             f"{checkpointer.describe_latest()}. Resume from it with a lower optim.lr or "
+                             f"train.on_nonfinite=skip")
+        if diverged and run.rank == 0:
+            logger.warning("non-finite training loss at step %d: its update is dropped (train.on_nonfinite=skip)",
+                           step)
         done = step == cfg.train.max_steps
         if step % cfg.train.log_every == 0 or done:
             dist.all_reduce(stats)
@@ -322,8 +369,9 @@ def pretrain(cfg) -> dict:
                     "tokens_per_s": tokens_per_s, "epoch": sampler.epoch_of_step(step),
                     "step_time_s": elapsed / window_steps,
                     "mfu": (tokens_per_s * flops_tok / (peak * 1e12 * run.world)) if peak else None}
-            if cfg.precision == "fp16":  # updates dropped by dynamic loss scaling (overflow), since the run began
-                last["skipped_steps"] = int(engine.skipped_steps)
+            if cfg.precision == "fp16" or cfg.train.on_nonfinite == "skip":
+                # updates DeepSpeed dropped (fp16: loss-scale overflows; skip: non-finite gradients) in this start
+                last["skipped_steps"] = int(engine.skipped_steps - skipped_at_start)
             log.log(last)
             if bar is not None:
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}",
@@ -336,15 +384,16 @@ def pretrain(cfg) -> dict:
             result = evaluate(run, eval_collator)
             if result:
                 log.log({"step": step, "split": "validation", **result})
-        flag = torch.tensor([1.0 if stop.requested else 0.0], device=run.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if step % cfg.train.checkpoint_every == 0 or done or flag.item():
+        if step % cfg.train.checkpoint_every == 0 or done or stop_requested:
             client_state = {"step": step, "samples": step * cfg.train.global_batch_size,
-                            "wandb_id": log.run_id, "config_fingerprint": fingerprint,
+                            "wandb_id": log.run_id, "config_fingerprint": fingerprint, "world_size": run.world,
                             "config_hash": hashlib.sha256(json.dumps(fingerprint, sort_keys=True,
                                                                      default=str).encode()).hexdigest()}
-            checkpointer.save(step, client_state)
-        if flag.item():
+            try:
+                checkpointer.save(engine, step, client_state)
+            except CheckpointError as e:
+                raise SystemExit(f"error: {e}") from e
+        if stop_requested:
             if run.rank == 0:
                 logger.warning("stopped at step %d after a stop request; restart with the same name to resume", step)
             break
