@@ -4,10 +4,12 @@ The model's ``state_dict()`` already uses the release names (``deberta.*``, ``lm
 is consolidation plus serialisation:
 
 * **release** (the original DeBERTa code, our ``NNModule.load_model``): ``pytorch_model.bin``, ``model_config.json``
-  (upstream schema, ``pos_att_type`` as a string) and the vocabulary the run was trained with, ``bpe_encoder.bin``;
+  (upstream schema, ``pos_att_type`` as a string) and the vocabulary the run was trained with (``bpe_encoder.bin``
+  or ``spm.model``);
 * **hf** (Hugging Face ``from_pretrained``): ``config.json`` (``model_type`` ``deberta``/``deberta-v2`` with
-  ``legacy: false`` so the release MLM head loads), ``model.safetensors``, and GPT-2 style tokenizer files
-  (``vocab.json`` mapping BPE strings to *model* ids, ``merges.txt``, ``tokenizer_config.json``).
+  ``legacy: false`` so the release MLM head loads), ``model.safetensors``, and tokenizer files: for GPT-2 BPE
+  ``vocab.json`` mapping BPE strings to *model* ids, ``merges.txt``, ``tokenizer_config.json``; for SentencePiece
+  ``spm.model`` with the config of ``DebertaV2Tokenizer``.
 
 ``format=all`` writes both into one directory: their file names do not collide, so the same directory loads into
 either. Weights are consolidated from a DeepSpeed checkpoint of any ZeRO stage: stage 0 keeps the module's state
@@ -25,8 +27,8 @@ import tempfile
 
 import torch
 
-from .data.shards import VOCAB_FILE
 from .deberta import GPT2Tokenizer, ModelConfig
+from .deberta.vocabulary import find_vocab, load_tokenizer, tokenizer_kind
 from .fileio import FILE_MODE, write_json_atomic
 
 FORMATS = ("release", "hf", "all")
@@ -85,7 +87,22 @@ def hf_config_dict(config: ModelConfig, dtype: str) -> dict:
     return out
 
 
-def hf_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
+def hf_tokenizer_files(tokenizer, folder: str) -> None:
+    """The tokenizer files Hugging Face's ``AutoTokenizer`` reads: for SentencePiece, ``spm.model`` and the config of
+    ``DebertaV2Tokenizer``; for GPT-2 BPE, see :func:`hf_bpe_tokenizer_files`."""
+    if tokenizer_kind(tokenizer) == "spm":
+        tokenizer.save_pretrained(folder)
+        with open(os.path.join(folder, "special_tokens_map.json"), "w", encoding="utf-8") as f:
+            json.dump(HF_SPECIAL_TOKENS, f, indent=2)
+        with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": tokenizer.do_lower_case,
+                       "split_by_punct": tokenizer.split_by_punct, "vocab_type": "spm", "model_max_length": 512,
+                       **HF_SPECIAL_TOKENS}, f, indent=2)
+        return
+    hf_bpe_tokenizer_files(tokenizer, folder)
+
+
+def hf_bpe_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
     """``vocab.json`` (BPE token string -> model id, special tokens included), ``merges.txt`` and the tokenizer
     config for HF's ``DebertaTokenizer``; GPT-2 ids missing from the dictionary stay out (they are ``[UNK]``)."""
     gpt2_strings = {gpt2_id: token for token, gpt2_id in tokenizer.gpt2_encoder["encoder"].items()}
@@ -104,15 +121,14 @@ def hf_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
                    "model_max_length": 512, **HF_SPECIAL_TOKENS}, f, indent=2)
 
 
-def write_model(state: dict, config: ModelConfig, tokenizer: GPT2Tokenizer, folder: str, fmt: str,
-                dtype: str) -> None:
+def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: str, dtype: str) -> None:
     """Write ``state`` in format ``fmt`` (release, hf or all) with weights cast to ``dtype`` into ``folder``."""
     tensors = {k: v.to(DTYPES[dtype]).contiguous().clone() for k, v in state.items()}
     if fmt in ("release", "all"):
         torch.save(tensors, os.path.join(folder, "pytorch_model.bin"))
         with open(os.path.join(folder, "model_config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_string())
-        tokenizer.save_pretrained(os.path.join(folder, VOCAB_FILE))
+        tokenizer.save_pretrained(folder)  # bpe_encoder.bin or spm.model
     if fmt in ("hf", "all"):
         from safetensors.torch import save_file  # noqa: PLC0415
 
@@ -132,11 +148,13 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
     if os.path.isdir(output) and os.listdir(output) and not overwrite:
         raise FileExistsError(f"output: {output} exists and is not empty; pass overwrite=true to replace it")
     root, tag, run_dir = find_checkpoint(checkpoint)
-    for name in ("model_config.json", VOCAB_FILE):
-        if not os.path.isfile(os.path.join(run_dir, name)):
+    vocab_file = find_vocab(run_dir)
+    for name, path in (("model_config.json", os.path.join(run_dir, "model_config.json")),
+                       ("vocabulary (spm.model or bpe_encoder.bin)", vocab_file)):
+        if path is None or not os.path.isfile(path):
             raise FileNotFoundError(f"{run_dir}: no {name} (written by launch/pretrain.py in the run directory)")
     config = ModelConfig.from_json_file(os.path.join(run_dir, "model_config.json"))
-    tokenizer = GPT2Tokenizer(os.path.join(run_dir, VOCAB_FILE))
+    tokenizer = load_tokenizer(vocab_file)
     state = consolidated_state_dict(root, tag)
 
     parent = os.path.dirname(output)

@@ -58,3 +58,24 @@ def python_help_64(tmp_path_factory):
              "max_seq_length": 64, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 0.1,
              "num_proc": 1, "overwrite": False}, progress=False)
     return path
+
+
+def train_spm(path, byte_fallback=True, vocab_size=3000, extra_pieces=0):
+    """A SentencePiece unigram model trained on the python-help text in DeBERTa v3's layout ([PAD] [CLS] [SEP] [UNK]
+    as pieces 0-3, byte fallback); ``extra_pieces`` user-defined pieces come next, pushing the text's pieces to high
+    ids. Written to ``path``, which is returned."""
+    import io  # noqa: PLC0415
+
+    import sentencepiece  # noqa: PLC0415
+
+    from deberta_pretrain.data.sources import python_help_topics  # noqa: PLC0415
+
+    lines = [line for doc in python_help_topics() for line in doc.split("\n") if line.strip()]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size + extra_pieces,
+        model_type="unigram", character_coverage=1.0, byte_fallback=byte_fallback, pad_id=0, pad_piece="[PAD]",
+        bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3, unk_piece="[UNK]",
+        user_defined_symbols=[f"<extra_{i}>" for i in range(extra_pieces)], minloglevel=2)
+    path.write_bytes(model.getvalue())
+    return path

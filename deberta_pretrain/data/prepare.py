@@ -1,4 +1,4 @@
-"""Data prep: documents -> GPT2-BPE ids -> packed ``[CLS] ... [SEP]`` blocks -> shards + ``manifest.json``.
+"""Data prep: documents -> token ids (GPT-2 BPE or SentencePiece) -> packed ``[CLS] ... [SEP]`` blocks -> shards + ``manifest.json``.
 
 The source is read once, in order, and cut into *segments* of about ``segment_mb`` MB of text. Each segment is
 tokenized and packed on its own (in ``num_proc`` worker processes) into one train and one validation shard;
@@ -22,26 +22,16 @@ import os
 import shutil
 
 from .. import __version__
-from ..deberta import GPT2Tokenizer
+from ..deberta.vocabulary import VOCAB_FILES, identity_file, load_tokenizer, vocab_identity
 from ..fileio import atomic_write, write_json_atomic
 from .packing import PACKING_MODES, pack_documents
-from .shards import MANIFEST, SPLITS, VERIFIED, VOCAB_FILE, shard_name
+from .shards import MANIFEST, SPLITS, VERIFIED, shard_name
 from .sources import iter_documents, total_bytes
 
 logger = logging.getLogger(__name__)
 WORK_DIR = ".prepare"  # settings.json and one record per finished segment
 FORMAT = "deberta_pretrain.shards/1"
-_TOKENIZERS: dict[tuple, GPT2Tokenizer] = {}  # per process: loading a vocabulary takes about a second
-
-
-def vocab_identity(tokenizer: GPT2Tokenizer) -> dict:
-    """What ties ids to text: sha256 of the BPE vocabulary, merges and the model-id order, size and special ids.
-    Computed from content, not file bytes, so the same vocabulary saved twice has the same identity."""
-    encoder = tokenizer.gpt2_encoder
-    canonical = json.dumps([sorted(encoder["encoder"].items()), [list(m) for m in encoder["vocab"]],
-                            tokenizer.symbols], ensure_ascii=False, separators=(",", ":"))
-    return {"sha256": hashlib.sha256(canonical.encode("utf-8")).hexdigest(), "size": tokenizer.vocab_size,
-            "special_ids": tokenizer.special_ids(), "dict_source": tokenizer.dict_source}
+_TOKENIZERS: dict[tuple, object] = {}  # per process: loading a vocabulary takes about a second
 
 
 def storage_dtype(vocab_size: int) -> str:
@@ -55,10 +45,10 @@ def is_validation(text: str, fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2.0**64 < fraction
 
 
-def _tokenizer(vocab_file: str, engine: str) -> GPT2Tokenizer:
+def _tokenizer(vocab_file: str, engine: str):
     key = (vocab_file, engine)
     if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = GPT2Tokenizer(vocab_file, engine=engine)
+        _TOKENIZERS[key] = load_tokenizer(vocab_file, engine=engine)
     return _TOKENIZERS[key]
 
 
@@ -69,7 +59,7 @@ def segment_record_path(output: str, index: int) -> str:
 def process_segment(task: dict) -> dict:
     """Tokenize, pack and write one segment's shards, then its record (last, so the record means "complete")."""
     output, index = task["output"], task["index"]
-    tokenizer = _tokenizer(os.path.join(output, VOCAB_FILE), task["engine"])
+    tokenizer = _tokenizer(os.path.join(output, task["vocab_file"]), task["engine"])
     for split in SPLITS:  # an earlier, different version of this segment may have had shards the new one lacks
         stale = os.path.join(output, shard_name(split, index))
         if os.path.exists(stale):
@@ -139,7 +129,7 @@ def _check_settings(cfg: dict) -> None:
 def _clear_prepared(output: str) -> None:
     """Remove what an earlier prepare wrote (and nothing else): manifest first, so a half-cleared directory is never
     taken for prepared data."""
-    for name in (MANIFEST, VERIFIED, VOCAB_FILE):
+    for name in (MANIFEST, VERIFIED, *VOCAB_FILES.values()):
         if os.path.exists(os.path.join(output, name)):
             os.remove(os.path.join(output, name))
     for split in SPLITS:
@@ -195,15 +185,16 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
     output = os.path.abspath(os.fspath(cfg["output"]))
     source = dict(cfg["source"])
     documents = iter_documents(source)  # checks the source (paths, type) before anything is written
-    tokenizer = GPT2Tokenizer(cfg.get("vocab"), engine=cfg.get("engine", "auto"))
+    tokenizer = load_tokenizer(cfg.get("vocab"), cfg.get("tokenizer"), engine=cfg.get("engine", "auto"))
     vocab = vocab_identity(tokenizer)
+    vocab_file = identity_file(vocab)
     length, packing = int(cfg["max_seq_length"]), cfg["packing"]
     settings = {"format": FORMAT, "source": source, "vocab": vocab, "max_seq_length": length, "packing": packing,
                 "validation_fraction": float(cfg["validation_fraction"]), "segment_mb": float(cfg["segment_mb"])}
     os.makedirs(output, exist_ok=True)
     _start_output(output, settings, bool(cfg.get("overwrite", False)))
-    tokenizer.save_pretrained(os.path.join(output, VOCAB_FILE))
-    _TOKENIZERS[(os.path.join(output, VOCAB_FILE), cfg.get("engine", "auto"))] = tokenizer  # inherited by workers
+    tokenizer.save_pretrained(os.path.join(output, vocab_file))
+    _TOKENIZERS[(os.path.join(output, vocab_file), cfg.get("engine", "auto"))] = tokenizer  # inherited by workers
     dtype = storage_dtype(tokenizer.vocab_size)
 
     bar = None
@@ -228,7 +219,8 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
                 finished(record)  # records are sorted by index at the end
                 continue
             yield {"output": output, "index": index, "documents": texts, "num_bytes": num_bytes,
-                   "input_sha256": digest, "engine": cfg.get("engine", "auto"), "max_seq_length": length,
+                   "input_sha256": digest, "engine": cfg.get("engine", "auto"), "vocab_file": vocab_file,
+                   "max_seq_length": length,
                    "packing": packing, "validation_fraction": settings["validation_fraction"], "dtype": dtype}
 
     try:

@@ -5,9 +5,10 @@ A prepared directory holds
 * ``manifest.json``: written last, atomically; without it the directory is not usable. It records the block length,
   the storage dtype, the vocabulary identity (sha256, size, special ids), and per split the shards with their
   sample counts, byte sizes and sha256;
-* ``bpe_encoder.bin``: the vocabulary the ids refer to;
+* ``bpe_encoder.bin`` (GPT-2 BPE) or ``spm.model`` (SentencePiece): the vocabulary the ids refer to, named in the
+  manifest's ``vocab.file`` (data prepared before SentencePiece was supported has no such entry: GPT-2 BPE);
 * ``{split}-{segment:05d}.bin``: raw little-endian blocks of ``max_seq_length`` ids (``<u2`` when the vocabulary
-  fits in 16 bits, else ``<i4``), ``[CLS] ... [SEP]`` then ``[PAD]``.
+  fits in 16 bits, else ``<i4``, e.g. the v3 vocabulary's 128,100 ids), ``[CLS] ... [SEP]`` then ``[PAD]``.
 
 :class:`ShardedDataset` maps the shards read-only and returns block ``i`` of the split by its global index, so any
 rank of any node reads any sample in O(1) time and memory.
@@ -36,6 +37,14 @@ class DataError(ValueError):
 
 def shard_name(split: str, segment: int) -> str:
     return f"{split}-{segment:05d}.bin"
+
+
+def vocab_path(path, manifest: dict | None = None) -> str:
+    """The vocabulary file of prepared data at ``path``."""
+    from ..deberta.vocabulary import identity_file  # noqa: PLC0415
+
+    manifest = manifest if manifest is not None else read_manifest(path)
+    return os.path.join(os.fspath(path), identity_file(manifest["vocab"]))
 
 
 def read_manifest(path) -> dict:

@@ -14,7 +14,7 @@ import os
 import shutil
 
 from ..fileio import atomic_write
-from .shards import MANIFEST, SPLITS, VOCAB_FILE, read_manifest
+from .shards import MANIFEST, SPLITS, read_manifest, vocab_path
 
 
 def staged_path(source, stage_dir) -> str:
@@ -33,7 +33,8 @@ def stage_dataset(source, stage_dir) -> str:
     if os.path.isfile(os.path.join(target, MANIFEST)):
         return target
     manifest = read_manifest(source)
-    files = [VOCAB_FILE] + [shard["file"] for split in SPLITS for shard in manifest["splits"][split]["shards"]]
+    files = [os.path.basename(vocab_path(source, manifest))]
+    files += [shard["file"] for split in SPLITS for shard in manifest["splits"][split]["shards"]]
     os.makedirs(target, exist_ok=True)
     for name in files + [MANIFEST]:
         src, dst = os.path.join(source, name), os.path.join(target, name)

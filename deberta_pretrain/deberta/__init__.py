@@ -10,11 +10,12 @@ from .nnmodule import NNModule
 from .ops import BertLayerNorm, MaskedLayerNorm, StableDropout, XSoftmax
 from .pooling import ContextPooler, SequenceClassificationModel
 from .relative_position import build_relative_position, make_log_bucket_position
+from .spm_tokenizer import SPMTokenizer
 
 __all__ = [
     "ATTENTION_BACKENDS", "BertEmbeddings", "BertEncoder", "BertLayer", "BertLayerNorm", "BertLMPredictionHead",
     "ContextPooler", "ConvLayer", "DeBERTa", "DisentangledSelfAttention", "EnhancedMaskDecoder", "GPT2Tokenizer",
     "MaskedLanguageModel", "MaskedLayerNorm", "ModelConfig", "NNModule", "PoolConfig",
-    "SequenceClassificationModel", "StableDropout", "XSoftmax", "build_relative_position",
+    "SequenceClassificationModel", "SPMTokenizer", "StableDropout", "XSoftmax", "build_relative_position",
     "make_log_bucket_position", "set_attention_backend",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import gpt2_vocab
 from .bpe import make_engine
+from .tokenization import TokenizerMixin
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 
@@ -29,7 +30,7 @@ def _is_whitespace_control_or_punctuation(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
-class GPT2Tokenizer:
+class GPT2Tokenizer(TokenizerMixin):
     """A wrapper of the GPT-2 tokenizer with a BERT-like interface.
 
     Args:
@@ -154,17 +155,9 @@ class GPT2Tokenizer:
             batches = self.bpe.encode_batch(texts)
         return [self._gpt2_to_id[np.asarray(ids, dtype=np.int64)] for ids in batches]
 
-    def decode_ids(self, ids) -> str:
-        """Model ids -> text (special tokens skipped)."""
-        return self.decode(self.convert_ids_to_tokens(ids))
-
-    def word_continuation_table(self) -> np.ndarray:
-        """``table[id]`` is True when token ``id`` continues the previous word (see :meth:`part_of_whole_word`)."""
-        return np.array([self.part_of_whole_word(s) for s in self.symbols], dtype=bool)
-
-    def special_ids(self) -> dict:
-        return {"pad": self.pad_token_id, "cls": self.cls_token_id, "sep": self.sep_token_id,
-                "unk": self.unk_token_id, "mask": self.mask_token_id}
+    @property
+    def tokens_by_id(self) -> list[str]:
+        return self.symbols
 
     def save_pretrained(self, path) -> str:
         """Write the vocabulary as ``bpe_encoder.bin`` (``path`` may be a directory); returns the file path."""

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
-from ..data.prepare import vocab_identity
-from ..data.shards import VOCAB_FILE
-from ..deberta import GPT2Tokenizer, ModelConfig
+from ..deberta import ModelConfig
 from ..deberta.loading import find_weights_file, load_model_state, merge_configs
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
+from ..deberta.vocabulary import find_vocab, load_tokenizer, vocab_identity
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +28,12 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
     if hub_name(init_from) and not os.path.exists(init_from):
         vocab_file = resolve_vocab_path(init_from)
     else:
-        vocab_file = os.path.join(os.path.dirname(os.path.abspath(weights)), VOCAB_FILE)
-    if not os.path.isfile(vocab_file):
-        logger.warning("model.init_from=%s has no %s beside its weights: cannot check that the data uses its "
-                       "vocabulary", init_from, VOCAB_FILE)
+        vocab_file = find_vocab(os.path.dirname(os.path.abspath(weights)))
+    if vocab_file is None or not os.path.isfile(vocab_file):
+        logger.warning("model.init_from=%s has no vocabulary (spm.model or bpe_encoder.bin) beside its weights: "
+                       "cannot check that the data uses its vocabulary", init_from)
         return state, config
-    if vocab_identity(GPT2Tokenizer(vocab_file))["sha256"] != data_vocab["sha256"]:
+    if vocab_identity(load_tokenizer(vocab_file))["sha256"] != data_vocab["sha256"]:
         raise ValueError(f"model.init_from={init_from} was trained with the vocabulary {vocab_file}, but data.path "
                          f"was prepared with another one; prepare the data with "
                          f"`python data_prep/prepare.py vocab={vocab_file} ...`")

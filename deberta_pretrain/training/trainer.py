@@ -20,12 +20,12 @@ from omegaconf import OmegaConf
 from .. import config as schema
 from ..data import ShardedDataset
 from ..data.masking import MLMCollator
-from ..data.prepare import vocab_identity
 from ..data.sampler import StepSampler
-from ..data.shards import VOCAB_FILE
+from ..data import shards
 from ..data.staging import stage_dataset, staged_path
-from ..deberta import GPT2Tokenizer, MaskedLanguageModel, ModelConfig, set_attention_backend
+from ..deberta import MaskedLanguageModel, ModelConfig, set_attention_backend
 from ..deberta.nnmodule import report_load_result
+from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import write_json_atomic
 from . import distributed, metrics, optim
 from .checkpoint import CheckpointError, Checkpointer
@@ -123,8 +123,8 @@ class Run:
 
     def _check_inputs(self) -> None:
         cfg = self.cfg
-        vocab_path = os.path.join(self.data_path, VOCAB_FILE)
-        self.tokenizer = GPT2Tokenizer(vocab_path)
+        self.vocab_path = vocab_path = shards.vocab_path(self.data_path)
+        self.tokenizer = load_tokenizer(vocab_path)
         vocab = vocab_identity(self.tokenizer)
         # Hashing every shard once is enough: on rank 0, and on each node's first rank for node-local copies.
         full = self.rank == 0 or (cfg.data.stage_dir and self.local_rank == 0)
@@ -159,7 +159,7 @@ class Run:
             write_json_atomic(os.path.join(self.run_dir, "model_config.json"), self.model_config.to_dict())
             if os.path.exists(os.path.join(self.run_dir, STOP_FILE)):  # it stopped the previous start
                 os.remove(os.path.join(self.run_dir, STOP_FILE))
-            shutil.copyfile(os.path.join(self.data_path, VOCAB_FILE), os.path.join(self.run_dir, VOCAB_FILE))
+            shutil.copyfile(self.vocab_path, os.path.join(self.run_dir, os.path.basename(self.vocab_path)))
             handler = logging.FileHandler(os.path.join(self.run_dir, "train.log"))
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)
