@@ -69,8 +69,34 @@ def load_model_state(path: str) -> tuple[dict, ModelConfig | None]:
         config = ModelConfig.from_dict(raw if isinstance(raw, dict) else vars(raw))
     if config is None:
         config = find_config_beside(weights_path)
-    state = {(("deberta." + k[len("bert."):]) if k.startswith("bert.") else k): v for k, v in state.items()}
-    return state, config
+    return to_release_names(state), config
+
+
+# Hugging Face's legacy MLM head (``legacy=True``, its default) -> the release head; the decoder is the tied word
+# embedding matrix and is dropped.
+LEGACY_HEAD = (("cls.predictions.transform.dense.", "lm_predictions.lm_head.dense."),
+               ("cls.predictions.transform.LayerNorm.", "lm_predictions.lm_head.LayerNorm."),
+               ("cls.predictions.bias", "lm_predictions.lm_head.bias"))
+ENCODER_PREFIXES = ("embeddings.", "encoder.")  # an HF base model (DebertaV2Model) saves its keys bare
+
+
+def to_release_names(state: dict) -> dict:
+    """The key layouts other tools write, renamed to the release's: upstream's early ``bert.*`` and HF base
+    models' bare ``embeddings.*``/``encoder.*`` get the ``deberta.`` prefix, HF's legacy ``cls.predictions.*`` head
+    becomes ``lm_predictions.lm_head.*``. Release keys pass unchanged."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("bert."):
+            key = "deberta." + key[len("bert."):]
+        elif key.startswith(ENCODER_PREFIXES):
+            key = "deberta." + key
+        elif key.startswith("cls.predictions.decoder."):
+            continue
+        for old, new in LEGACY_HEAD:
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
 
 
 def as_model_config(value) -> ModelConfig | None:

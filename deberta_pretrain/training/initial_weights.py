@@ -17,6 +17,7 @@ from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
 from ..deberta.vocabulary import find_vocab, load_tokenizer, vocab_identity
 
 logger = logging.getLogger(__name__)
+RUN_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: dict) -> tuple[dict, ModelConfig]:
@@ -24,7 +25,20 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
     the data's (``data_vocab``: the manifest's vocabulary identity)."""
     weights = find_weights_file(resolve_model_path(init_from))
     state, release_config = load_model_state(weights)
-    config = merge_configs(release_config, run_config).validate()
+    config = merge_configs(release_config, run_config)
+    if release_config is not None:  # the checkpoint's architecture wholesale; the run sets only the dropout rates
+        fields = release_config.to_dict()
+        fields.update({k: v for k, v in run_config.to_dict().items() if k in RUN_FIELDS})
+        config = ModelConfig.from_dict(fields)
+    config.validate()
+    rtd_head = sorted(k for k in state if k.startswith("mask_predictions."))
+    if rtd_head:  # a v3 release is an RTD discriminator: its per-token head has no place in an MLM model
+        logger.info("model.init_from=%s: its replaced-token-detection head is set aside (%s)", init_from,
+                    ", ".join(rtd_head))
+        state = {k: v for k, v in state.items() if k not in rtd_head}
+    if not any(k.startswith("lm_predictions.") for k in state):
+        logger.warning("model.init_from=%s has no MLM head: lm_predictions.lm_head.{dense,LayerNorm,bias} start "
+                       "freshly initialised", init_from)
     if hub_name(init_from) and not os.path.exists(init_from):
         vocab_file = resolve_vocab_path(init_from)
     else:
@@ -33,8 +47,12 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
         logger.warning("model.init_from=%s has no vocabulary (spm.model or bpe_encoder.bin) beside its weights: "
                        "cannot check that the data uses its vocabulary", init_from)
         return state, config
-    if vocab_identity(load_tokenizer(vocab_file))["sha256"] != data_vocab["sha256"]:
-        raise ValueError(f"model.init_from={init_from} was trained with the vocabulary {vocab_file}, but data.path "
-                         f"was prepared with another one; prepare the data with "
-                         f"`python data_prep/prepare.py vocab={vocab_file} ...`")
+    theirs = vocab_identity(load_tokenizer(vocab_file))
+    if theirs["sha256"] != data_vocab["sha256"]:
+        def describe(identity):
+            return f"{identity.get('kind', 'gpt2')}, {identity['size']} ids, sha256 {identity['sha256'][:12]}"
+
+        raise ValueError(f"model.init_from={init_from} was trained with the vocabulary {vocab_file} "
+                         f"({describe(theirs)}), but data.path was prepared with another one ({describe(data_vocab)}"
+                         f"); prepare the data with `python data_prep/prepare.py vocab={vocab_file} ...`")
     return state, config
