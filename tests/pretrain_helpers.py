@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -68,3 +70,36 @@ def module_state(run_dir, step: int) -> dict:
     """The model parameters saved at ``step`` (stage 0/1/2 checkpoints keep them whole in the model-states file)."""
     path = os.path.join(checkpoint_dir(run_dir, step), "mp_rank_00_model_states.pt")
     return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+def assert_trained(run_dir, steps=4):
+    """A finished run of ``steps`` steps: one finite training record per step, validation records, ``latest`` on the
+    last checkpoint and that checkpoint complete."""
+    from deberta_pretrain.training.metrics import read_metrics  # noqa: PLC0415
+
+    records = [r for r in read_metrics(run_dir) if r["split"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert all(math.isfinite(r["loss"]) and 0 < r["loss"] < 20 for r in records)
+    validation = [r for r in read_metrics(run_dir) if r["split"] == "validation"]
+    assert validation and all(r["predictions"] > 0 for r in validation)
+    latest = open(os.path.join(run_dir, "checkpoints", "latest")).read().strip()
+    assert latest == f"step_{steps:08d}"
+    assert os.path.isfile(os.path.join(checkpoint_dir(run_dir, steps), "complete.json"))
+
+
+def assert_layout(run_dir, stage: int, processes: int, precision: str, steps: int = 4):
+    """DeepSpeed's file layout shows which ZeRO stage really ran, with how many ranks; the run wrote the tiny model's
+    config in the release schema."""
+    files = set(os.listdir(checkpoint_dir(run_dir, steps)))
+    if stage == 0:
+        assert "mp_rank_00_model_states.pt" in files and not any(f.startswith("zero_pp") for f in files)
+    prefix = "bf16_" if precision == "bf16" and stage > 0 else ""
+    for rank in range(processes if stage > 0 else 0):
+        assert f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files
+    if stage == 3:
+        assert f"zero_pp_rank_{processes - 1}_mp_rank_00_model_states.pt" in files
+    else:
+        weights = module_state(run_dir, steps)["deberta.embeddings.word_embeddings.weight"]
+        assert weights.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    config = json.load(open(os.path.join(run_dir, "model_config.json")))
+    assert config["hidden_size"] == 128 and config["pos_att_type"] == "p2c|c2p"

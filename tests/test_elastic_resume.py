@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import checkpoint_dir, run_pretrain, tiny_overrides
+from pretrain_helpers import assert_layout, assert_trained, checkpoint_dir, run_pretrain, tiny_overrides
 
 pytestmark = pytest.mark.slow
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
@@ -49,6 +49,8 @@ def straight_runs(data, tmp_path_factory):
             overrides = tiny_overrides(data, root, name, **NO_DROPOUT, **{"deepspeed.zero_stage": stage,
                                                                         "deepspeed.offload": offload})
             run_pretrain(overrides, *launcher(processes))
+            assert_trained(root / name)  # these runs double as the fp32 ZeRO 1-3 cases of test_pretrain.py
+            assert_layout(root / name, stage, processes, "fp32")
             made[key] = (root / name, overrides)
         return made[key]
 

@@ -31,9 +31,9 @@ def test_dry_run_runs_every_step_and_writes_the_results_folder(tmp_path):
     assert [row["length"] for row in rows] == [32, 64]
     assert {r["model"] for r in rows[0]["results"]} == {"ours-flash", "ours-sdpa", "ours-eager", "hf"}
     runs = steps["pretrain"]["runs"]
-    for label in ("flash", "sdpa"):
-        assert runs[label]["status"] == "ok"
-        assert runs[label]["metrics"]["last_loss"] < runs[label]["metrics"]["first_loss"]
+    assert runs["flash"]["status"] == "ok"
+    assert runs["flash"]["metrics"]["last_loss"] < runs["flash"]["metrics"]["first_loss"]
+    assert runs["sdpa"]["status"].startswith("skipped")
     resume = runs["flash-resume"]
     assert resume["status"] == "ok" and "from step 6" in resume["resume_line"]
     assert resume["metrics"]["train_steps_logged"] == [8] and resume["metrics"]["steps_unique"]

@@ -1,15 +1,14 @@
 """End-to-end pretraining through ``launch/pretrain.py``, as a user runs it: every launcher, ZeRO stage and
 precision; exact resume after SIGKILL and SIGTERM; batch arithmetic across world sizes; start-up errors."""
 
-import json
-import math
 import os
 
 import pytest
 import torch
 
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import checkpoint_dir, fault_env, module_state, run_pretrain, tiny_overrides
+from pretrain_helpers import (assert_layout, assert_trained, checkpoint_dir, fault_env, module_state, run_pretrain,
+                              tiny_overrides)
 
 pytestmark = pytest.mark.slow
 
@@ -23,21 +22,11 @@ def train_records(run_dir):
     return [r for r in read_metrics(run_dir) if r["split"] == "train"]
 
 
-def assert_trained(run_dir, steps=4):
-    records = train_records(run_dir)
-    assert [r["step"] for r in records] == list(range(1, steps + 1))
-    assert all(math.isfinite(r["loss"]) and 0 < r["loss"] < 20 for r in records)
-    validation = [r for r in read_metrics(run_dir) if r["split"] == "validation"]
-    assert validation and all(r["predictions"] > 0 for r in validation)
-    latest = open(os.path.join(run_dir, "checkpoints", "latest")).read().strip()
-    assert latest == f"step_{steps:08d}"
-    assert os.path.isfile(os.path.join(checkpoint_dir(run_dir, steps), "complete.json"))
-
-
-# Every ZeRO stage and precision with one process and with two under the deepspeed launcher; torchrun at both ends;
-# the deepspeed launcher without --local_rank once.
+# Every ZeRO stage and precision with one process and with two under the deepspeed launcher (fp32 at ZeRO 1-3: the
+# uninterrupted runs of test_elastic_resume.py, with the same checks); torchrun at both ends; the deepspeed launcher
+# without --local_rank once.
 RUNS = [(launcher, processes, stage, precision) for launcher, processes in (("python", 1), ("deepspeed", 2))
-        for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16")]
+        for stage, precision in ((0, "fp32"), (0, "bf16"), (1, "bf16"), (2, "bf16"), (3, "bf16"))]
 RUNS += [("torchrun", 2, 0, "fp32"), ("torchrun", 2, 3, "bf16"), ("deepspeed-no-local-rank", 2, 2, "bf16")]
 
 
@@ -45,22 +34,8 @@ RUNS += [("torchrun", 2, 0, "fp32"), ("torchrun", 2, 3, "bf16"), ("deepspeed-no-
 def test_trains_under_every_launcher_stage_and_precision(data, tmp_path, launcher, processes, stage, precision):
     run_pretrain(tiny_overrides(data, tmp_path, "run", precision=precision, **{"deepspeed.zero_stage": stage}),
                  launcher, processes)
-    run_dir = tmp_path / "run"
-    assert_trained(run_dir)
-    files = set(os.listdir(checkpoint_dir(run_dir, 4)))
-    # DeepSpeed's file layout shows which ZeRO stage really ran, with how many ranks.
-    if stage == 0:
-        assert "mp_rank_00_model_states.pt" in files and not any(f.startswith("zero_pp") for f in files)
-    prefix = "bf16_" if precision == "bf16" and stage > 0 else ""
-    for rank in range(processes if stage > 0 else 0):
-        assert f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files
-    if stage == 3:
-        assert f"zero_pp_rank_{processes - 1}_mp_rank_00_model_states.pt" in files
-    else:
-        weights = module_state(run_dir, 4)["deberta.embeddings.word_embeddings.weight"]
-        assert weights.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
-    config = json.load(open(run_dir / "model_config.json"))
-    assert config["hidden_size"] == 128 and config["pos_att_type"] == "p2c|c2p"
+    assert_trained(tmp_path / "run")
+    assert_layout(tmp_path / "run", stage, processes, precision)
 
 
 # The fault fires before the step after the given count of finished steps: SIGKILL before step 4 (the step-3 work is

@@ -58,24 +58,48 @@ def test_a_folder_without_a_vocabulary_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_and_export_with_a_sentencepiece_vocabulary(tmp_path):
+def test_continue_pretraining_an_hf_folder_and_export_it(tmp_path):
+    """The README's recipe on a tiny v3-shaped Hugging Face folder made here (config.json, model.safetensors with
+    HF's legacy MLM head, spm.model): prepare with its vocabulary, pretrain from it, export, load the result in HF."""
     transformers = pytest.importorskip("transformers")
-    vocab = train_spm(tmp_path / "spm.model")
-    prepare_with(vocab, tmp_path / "data")  # the kind is inferred from the file
-    run_pretrain(tiny_overrides(tmp_path / "data", tmp_path, "run", **{"model.vocab_size": 3001,
-                                                                        "data.masking": "whole_word"}))
+    models = tmp_path / "models" / "tiny-v3"
+    config = transformers.DebertaV2Config(
+        vocab_size=3001, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=128, relative_attention=True, position_buckets=16, norm_rel_ebd="layer_norm",
+        share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+        layer_norm_eps=1e-7, max_relative_positions=-1)
+    transformers.DebertaV2ForMaskedLM(config).save_pretrained(str(models))
+    train_spm(models / "spm.model")
+    prepare_with(models, tmp_path / "data")  # the kind is inferred from the folder's spm.model
+    result = run_pretrain(tiny_overrides(tmp_path / "data", tmp_path, "run", **{
+        "model.init_from": str(models), "data.masking": "whole_word", "optim.lr": 5e-4}))
+    out = result.stdout + result.stderr  # the legacy head was renamed and loaded; only the EMD's position table is new
+    assert "no MLM head" not in out
+    assert "missing keys ['deberta.embeddings.position_embeddings.weight']; unexpected keys []" in out
     run_dir = tmp_path / "run"
-    assert open(run_dir / "spm.model", "rb").read() == open(vocab, "rb").read()
+    assert json.load(open(run_dir / "model_config.json"))["hidden_size"] == 64  # the folder's shape, not tiny's
+    assert open(run_dir / "spm.model", "rb").read() == open(models / "spm.model", "rb").read()
     assert not (run_dir / "bpe_encoder.bin").exists()
     export = tmp_path / "export"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "export.py"), f"checkpoint={run_dir}",
                              f"output={export}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (export / "spm.model").is_file() and json.load(open(export / "tokenizer_config.json"))[
-        "tokenizer_class"] == "DebertaV2Tokenizer"
+    assert json.load(open(export / "tokenizer_config.json"))["tokenizer_class"] == "DebertaV2Tokenizer"
     ours = SPMTokenizer(export / "spm.model")
     theirs = transformers.AutoTokenizer.from_pretrained(str(export))
     text = "Return the value of the named attribute of object."
     assert theirs(text)["input_ids"] == [ours.cls_token_id, *ours.encode(text), ours.sep_token_id]
     model = transformers.AutoModelForMaskedLM.from_pretrained(str(export))
-    assert model.config.vocab_size == 3001
+    assert (model.config.vocab_size, model.config.hidden_size) == (3001, 64)
+
+
+@pytest.mark.slow
+def test_training_reads_32_bit_shards(tmp_path):
+    train_spm(tmp_path / "spm.model", extra_pieces=66000)
+    manifest = prepare_with(tmp_path / "spm.model", tmp_path / "data")
+    assert manifest["dtype"] == "<i4"
+    run_pretrain(tiny_overrides(tmp_path / "data", tmp_path, "run", **{"model.vocab_size": 69001,
+                                                                        "train.max_steps": 2}))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2] and all(0 < r["loss"] < 20 for r in train)
