@@ -49,7 +49,7 @@ def straight_runs(data, tmp_path_factory):
             overrides = tiny_overrides(data, root, name, **NO_DROPOUT, **{"deepspeed.zero_stage": stage,
                                                                         "deepspeed.offload": offload})
             run_pretrain(overrides, *launcher(processes))
-            assert_trained(root / name)  # these runs double as the fp32 ZeRO 1-3 cases of test_pretrain.py
+            assert_trained(root / name)  # these runs double as fp32 cases of test_pretrain.py
             assert_layout(root / name, stage, processes, "fp32")
             made[key] = (root / name, overrides)
         return made[key]
@@ -67,7 +67,10 @@ def interrupted_copy(run_dir, target, step):
     (target / "checkpoints" / "latest").write_text(f"step_{step:08d}")
 
 
-CASES = [(stage, before, after) for stage in (1, 2, 3) for before, after in ((2, 1), (1, 2))]
+# Both directions at ZeRO-3 (whose universal load needed two repairs); ZeRO 1 and 2 share DeepSpeed's other ZeRO
+# optimizer and its universal load, covered by the offload case below (ZeRO-2, 2 -> 1). Kept to these for the time
+# the suite takes on two cores; the other combinations passed when this was written.
+CASES = [(3, 2, 1), (3, 1, 2)]
 
 
 @pytest.mark.parametrize("stage,before,after", CASES, ids=[f"zero{s}-{b}to{a}" for s, b, a in CASES])

@@ -284,6 +284,7 @@ def resume_or_start(run: Run, checkpointer: Checkpointer):
 
 
 def check_resumable(run: Run, client_state: dict, fingerprint: dict) -> None:
+    """Refuse to continue a run whose model, data, masking, seed, global batch or precision changed."""
     saved = client_state.get("config_fingerprint")
     if saved is not None and saved != fingerprint:
         changed = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
