@@ -1,14 +1,12 @@
 """End-to-end pretraining through ``launch/pretrain.py``, as a user runs it: every launcher, ZeRO stage and
 precision; exact resume after SIGKILL and SIGTERM; batch arithmetic across world sizes; start-up errors."""
 
-import os
 
 import pytest
 import torch
 
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import (assert_layout, assert_trained, checkpoint_dir, fault_env, module_state, run_pretrain,
-                              tiny_overrides)
+from pretrain_helpers import assert_layout, assert_trained, fault_env, module_state, run_pretrain, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
