@@ -1,9 +1,10 @@
 """Data-prep throughput end to end (text -> shards + manifest) and shard-reader random access.
 
-    python benchmarks/data_prep.py [--repeat 4] [--num-proc 1 2]
+    python benchmarks/data_prep.py [--repeat 4] [--num-proc 1 2] [--spm-pieces 32000]
 
-Prints JSON: MB/s of source text per num_proc setting, and samples/s (and MB/s) of random reads from the
-memory-mapped shards, against a plain in-memory numpy array of the same blocks as the reference.
+Prints JSON: MB/s of source text per num_proc setting with GPT-2 BPE, the same with a SentencePiece vocabulary
+(unigram, trained on the corpus first; goal: within 2x of GPT-2 per MB, ``spm_vs_gpt2``), and samples/s (and MB/s)
+of random reads from the memory-mapped shards, against a plain in-memory numpy array of the same blocks.
 """
 
 import argparse
@@ -21,6 +22,7 @@ from common import best_time, machine  # noqa: E402
 from deberta_pretrain.data import ShardedDataset  # noqa: E402
 from deberta_pretrain.data.prepare import prepare  # noqa: E402
 from deberta_pretrain.data.sources import python_help_topics  # noqa: E402
+from deberta_pretrain.data.vocab_training import train_spm  # noqa: E402
 
 
 def main() -> None:
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="copies of the python-help text in the corpus")
     parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-seq-length", type=int, default=512)
+    parser.add_argument("--spm-pieces", type=int, default=4000, help="size of the SentencePiece vocabulary (python-help supports up to ~4600)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.txt")
@@ -36,17 +39,22 @@ def main() -> None:
                 for text in python_help_topics():
                     f.write(f"copy {copy}. " + text.replace("\n\n", "\n").strip() + "\n\n")
         megabytes = os.path.getsize(corpus) / 1e6
-        prep = {}
-        for num_proc in args.num_proc:
-            out = os.path.join(tmp, f"out{num_proc}")
+        spm_model = train_spm([python_help_topics()[i] for i in range(0, len(python_help_topics()))],
+                              args.spm_pieces, tmp, character_coverage=1.0, threads=1)
+        prep, prep_spm = {}, {}
+        for vocab, results in ((None, prep), (spm_model, prep_spm)):
+            for num_proc in args.num_proc:
+                out = os.path.join(tmp, f"out{num_proc}" + ("-spm" if vocab else ""))
 
-            def run(out=out, num_proc=num_proc):
-                prepare({"output": out, "source": {"type": "text", "paths": [corpus], "doc_separator": "blank_line"},
-                         "vocab": None, "engine": "auto", "max_seq_length": args.max_seq_length,
-                         "packing": "continuous", "validation_fraction": 0.01, "segment_mb": 0.25,
-                         "num_proc": num_proc, "overwrite": True}, progress=False)
-            seconds = best_time(run, repeats=1)
-            prep[f"num_proc={num_proc}"] = {"seconds": round(seconds, 3), "mb_per_s": round(megabytes / seconds, 3)}
+                def run(out=out, num_proc=num_proc, vocab=vocab):
+                    prepare({"output": out, "source": {"type": "text", "paths": [corpus],
+                                                       "doc_separator": "blank_line"},
+                             "vocab": vocab, "engine": "auto", "max_seq_length": args.max_seq_length,
+                             "packing": "continuous", "validation_fraction": 0.01, "segment_mb": 0.25,
+                             "num_proc": num_proc, "overwrite": True}, progress=False)
+                seconds = best_time(run, repeats=1)
+                results[f"num_proc={num_proc}"] = {"seconds": round(seconds, 3),
+                                                   "mb_per_s": round(megabytes / seconds, 3)}
 
         dataset = ShardedDataset(os.path.join(tmp, f"out{args.num_proc[0]}"), "train")
         in_memory = np.stack([dataset[i] for i in range(len(dataset))])
@@ -58,8 +66,11 @@ def main() -> None:
             "benchmark": "data_prep", "machine": machine(),
             "settings": {"text": f"python-help x{args.repeat} (text source, blank-line documents)",
                          "megabytes": round(megabytes, 3), "max_seq_length": args.max_seq_length,
+                         "spm_pieces": args.spm_pieces,
                          "train_blocks": len(dataset), "random_reads": len(order)},
             "prepare": prep,
+            "prepare_spm": prep_spm,
+            "spm_vs_gpt2": {k: round(prep_spm[k]["mb_per_s"] / prep[k]["mb_per_s"], 3) for k in prep},
             "reader": {"samples_per_s": round(len(order) / mapped),
                        "mb_per_s": round(len(order) * block_mb / mapped, 1),
                        "in_memory_samples_per_s": round(len(order) / memory),

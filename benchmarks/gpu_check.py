@@ -6,7 +6,8 @@
 Steps (each timed; a failing step is recorded and the next one still runs):
   1. gpu_tests   the ``gpu``-marked tests: the fused ``flash`` kernel against ``eager`` in bf16
   2. throughput  benchmarks/throughput.py: deberta-v3-base, bf16, L = 128/512/2048/8192, ours with each attention
-                 backend vs HF's DebertaV2ForMaskedLM with the same weights (tokens/s, MFU, peak memory)
+                 backend vs HF's DebertaV2ForMaskedLM with the same weights (tokens/s, MFU, peak memory), and
+                 objective=rtd (generator + discriminator) with the flash backend
   3. pretrain    real runs through ``deepspeed --num_gpus 1 launch/pretrain.py`` (deberta-v3-base, bf16, ZeRO-2,
                  L=512, built-in corpus) with ``flash`` and with ``sdpa``, a resume of the first, and fp16 steps with
                  dynamic loss scaling; losses, tokens/s and MFU read back from each run's metrics.jsonl
@@ -140,7 +141,7 @@ def gpu_tests(args, log: Log) -> dict:
 # ---- 2. throughput ---------------------------------------------------------------------------------------------
 def throughput(args, log: Log) -> dict:
     json_path = os.path.join(args.work, "throughput.json")
-    cmd = [sys.executable, "benchmarks/throughput.py", "--out", json_path]
+    cmd = [sys.executable, "benchmarks/throughput.py", "--out", json_path, "--rtd"]
     if args.dry_run:
         cmd += ["--device", "cpu", "--model", "tiny", "--lengths", "32", "64", "--tokens-per-step", "128",
                 "--steps", "1", "--warmup", "0", "--backends", "flash", "sdpa", "eager"]
@@ -244,11 +245,11 @@ def pretrain(args, log: Log) -> dict:
     deepspeed = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port",
                  str(args.master_port), "launch/pretrain.py"]
     total = 6 if args.dry_run else 60
-    plans = [("flash", dict(name="flash", **{"model.attention_backend": "flash"}), None),
-             ("sdpa", dict(name="sdpa", **{"model.attention_backend": "sdpa"}), None),
-             ("flash-resume", dict(name="flash", **{"model.attention_backend": "flash",
+    plans = [("flash", dict(name="flash", **{"impl.attention_backend": "flash"}), None),
+             ("sdpa", dict(name="sdpa", **{"impl.attention_backend": "sdpa"}), None),
+             ("flash-resume", dict(name="flash", **{"impl.attention_backend": "flash",
                                                     "train.max_steps": total + total // 3}), total),
-             ("fp16", dict(name="fp16", precision="fp16", **{"model.attention_backend": "auto",
+             ("fp16", dict(name="fp16", precision="fp16", **{"impl.attention_backend": "auto",
                                                              "train.max_steps": 4 if args.dry_run else 30}), None)]
     env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1" if args.dry_run else os.environ.get("OMP_NUM_THREADS",
                                                                                                "8")}

@@ -9,6 +9,11 @@ loads). HF's head has no Enhanced Mask Decoder, so ours runs without it too (``-
     python benchmarks/throughput.py                          # GPU: deberta-v3-base, bf16, L = 128, 512, 2048, 8192
     python benchmarks/throughput.py --device cpu             # CPU: the tiny model, fp32, L = 128
     python benchmarks/throughput.py --model deberta-base --lengths 512 --tokens-per-step 16384
+    python benchmarks/throughput.py --rtd                    # adds objective=rtd (generator of half depth + GDES)
+
+With ``--rtd`` each length also times a replaced-token-detection step (``RTDModel``: generator MLM with EMD,
+sampling, discriminator, GDES) with the first backend; its tokens/s count the discriminator's tokens and its MFU
+uses the generator's plus the discriminator's FLOPs.
 
 On a GPU the JSON also goes to benchmarks/results/<date>-<gpu>.json (``--out`` to choose).
 """
@@ -144,6 +149,19 @@ def counting_fused_kernel_calls():
         flash_attention.flash_disentangled_attention = kernel
 
 
+def rtd_contender(config: ModelConfig, device):
+    """The objective=rtd model of ``config`` (the discriminator) with a generator of half its depth, GDES."""
+    from deberta_pretrain.deberta.rtd import ReplacedTokenDetectionModel, RTDModel  # noqa: PLC0415
+
+    generator = ModelConfig.from_dict({**config.to_dict(), "num_hidden_layers": max(2, config.num_hidden_layers // 2)})
+    return RTDModel(MaskedLanguageModel(generator), ReplacedTokenDetectionModel(config), "gdes").to(device).train()
+
+
+def rtd_forward(model, batch):
+    return model(batch["input_ids"], batch["mask"], batch["labels"], batch["sample_uniforms"],
+                 max_predictions=batch["sample_uniforms"].size(1))["loss"]
+
+
 def ours_forward(model, batch):
     return model(batch["input_ids"], batch["mask"], batch["labels"])["loss"]
 
@@ -164,6 +182,7 @@ def main() -> None:
     parser.add_argument("--eager-max-length", type=int, default=2048,
                         help="longest L at which our eager backend (which materialises the L x L scores) is run")
     parser.add_argument("--emd", action="store_true", help="our model with its Enhanced Mask Decoder")
+    parser.add_argument("--rtd", action="store_true", help="also time objective=rtd (generator + discriminator)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file (default on GPU: benchmarks/results/<date>-<gpu>)")
@@ -200,13 +219,27 @@ def main() -> None:
             results[f"ours-{backend}"] = row
             ours.load_state_dict(state)  # every contender starts from the same weights
         del ours
+        if args.rtd:
+            from deberta_pretrain.data.masking import default_max_predictions  # noqa: PLC0415
+            from deberta_pretrain.objectives.rtd import rtd_flops_per_token  # noqa: PLC0415
+
+            backend = args.backends[0]
+            torch.manual_seed(0)
+            rtd = rtd_contender(config, device)
+            set_attention_backend(rtd, backend)
+            slots = max(default_max_predictions(length), int((batch["labels"] > 0).sum(1).max()))
+            rtd_batch = dict(batch, sample_uniforms=torch.rand(batch_size, slots, device=device))
+            rtd_flops = rtd_flops_per_token(rtd.generator.config, config, length, 0.15, True, batch_size * length)
+            results[f"ours-rtd-{backend}"] = measure(f"ours-rtd-{backend}", rtd, rtd_forward, rtd_batch, args,
+                                                     device, dtype, rtd_flops, peak)
+            del rtd
         if length <= args.hf_max_length:
             hf = hf_model(config, state).to(device).train()
             results["hf"] = measure("hf", hf, hf_forward, batch, args, device, dtype, flops, peak)
             del hf
         hf_tps = results.get("hf", {}).get("tokens_per_s")
         for key, row in results.items():
-            if key != "hf" and hf_tps and "tokens_per_s" in row:
+            if key != "hf" and "-rtd-" not in key and hf_tps and "tokens_per_s" in row:
                 row["speedup_vs_hf"] = round(row["tokens_per_s"] / hf_tps, 3)
         rows.append({"length": length, "batch": batch_size, "model_tflop_per_token": flops / 1e12,
                      "results": list(results.values())})

@@ -15,7 +15,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deberta_pretrain.config import register_data_prep_configs  # noqa: E402
 from deberta_pretrain.data.prepare import prepare  # noqa: E402
+
+register_data_prep_configs()
 
 
 @hydra.main(version_base=None, config_path="../conf/data_prep", config_name="prepare")

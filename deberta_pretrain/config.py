@@ -2,16 +2,18 @@
 
 Hydra merges the YAML groups into these dataclasses, so a misspelt key or a value of the wrong type fails when the
 config is composed, before anything runs, with a message that names the key. Cross-field checks that a type
-cannot express live in :func:`validate`.
+cannot express live in :func:`validate`. The schema holds types; the values (defaults) come from the YAML files
+only, so there is one place to read and change them. The model fields are the exception: their defaults are the
+release schema's (``ModelConfig``), which the model YAMLs override field by field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
@@ -23,7 +25,8 @@ ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
 
 @dataclass
 class ModelSchema:
-    """Model shape (the ``ModelConfig`` fields, release schema) plus how to run it."""
+    """Model shape (the ``ModelConfig`` fields with upstream's defaults, release schema) and the weights to start
+    from. A test keeps these defaults equal to ``ModelConfig``'s (this module does not import torch)."""
 
     model_type: Optional[str] = None
     hidden_size: int = 768
@@ -37,12 +40,12 @@ class ModelSchema:
     type_vocab_size: int = 0
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-7
-    vocab_size: int = 50265
+    vocab_size: int = -1
     padding_idx: int = 0
-    relative_attention: bool = True
+    relative_attention: bool = False
     max_relative_positions: int = -1
-    position_biased_input: bool = False
-    pos_att_type: str = "p2c|c2p"
+    position_biased_input: bool = True
+    pos_att_type: str = ""
     position_buckets: int = -1
     share_att_key: bool = False
     norm_rel_ebd: str = "none"
@@ -52,84 +55,98 @@ class ModelSchema:
     attention_head_size: Optional[int] = None
     embedding_size: Optional[int] = None
     talking_head: bool = False
-    # how to run it (not part of the release config)
-    attention_backend: str = "auto"  # eager | sdpa | flash (opt-in, GPU) | auto (= sdpa for now)
-    use_emd: Optional[bool] = None  # null: upstream rule, EMD iff position_biased_input is false
-    gradient_checkpointing: bool = False
-    init_from: Optional[str] = None  # a release directory/name to continue pretraining from
+    # where the weights come from (not part of the release config): a release, an HF folder, an export
+    init_from: Optional[str] = None
+
+
+@dataclass
+class ImplSchema:
+    """How the model runs (conf/impl/default.yaml): free to change between restarts of a run."""
+
+    attention_backend: str = MISSING
+    use_emd: Optional[bool] = MISSING
+    gradient_checkpointing: bool = MISSING
 
 
 @dataclass
 class DataSchema:
     path: str = MISSING  # a directory written by data_prep/prepare.py
-    max_seq_length: Optional[int] = None  # must equal the prepared block length when set
-    masking: str = "token"  # token | whole_word | span (n-gram)
-    mask_prob: float = 0.15
-    max_ngram: int = 3  # span masking: n-gram length n in [1, max_ngram], p ~ 1/n
-    max_predictions: Optional[int] = None  # per sequence; null: ceil(0.15 * L / 10) * 10 as upstream
-    mask_token_prob: float = 0.8
-    random_token_prob: float = 0.1
-    num_workers: int = 0
-    verify: str = "full"  # full | size | none: shard checks at start-up
-    stage_dir: Optional[str] = None  # node-local directory to copy the data to before training (multi-node)
-    document_attention: bool = False  # packed documents attend only within themselves, positions restart
+    max_seq_length: Optional[int] = MISSING  # must equal the prepared block length when set
+    masking: str = MISSING  # token | whole_word | span (n-gram)
+    mask_prob: float = MISSING
+    max_ngram: int = MISSING  # span masking: n-gram length n in [1, max_ngram], p ~ 1/n
+    max_predictions: Optional[int] = MISSING  # per sequence; null: ceil(0.15 * L / 10) * 10 as upstream
+    mask_token_prob: float = MISSING
+    random_token_prob: float = MISSING
+    num_workers: int = MISSING
+    verify: str = MISSING  # full | size | none: shard checks at start-up
+    stage_dir: Optional[str] = MISSING  # node-local directory to copy the data to before training (multi-node)
+    document_attention: bool = MISSING  # packed documents attend only within themselves, positions restart
 
 
 @dataclass
 class TrainSchema:
-    max_steps: int = 1000
-    global_batch_size: int = 256
-    micro_batch_size: int = 32
-    checkpoint_every: int = 1000
-    eval_every: int = 1000
-    eval_samples: int = 2048  # validation blocks per evaluation (fixed masks)
-    keep_last: int = 2
-    log_every: int = 10
-    gradient_clipping: float = 1.0
-    on_nonfinite: str = "stop"  # stop | skip: what a non-finite training loss does (bf16/fp32)
+    max_steps: int = MISSING
+    global_batch_size: int = MISSING
+    micro_batch_size: int = MISSING
+    checkpoint_every: int = MISSING
+    eval_every: int = MISSING
+    eval_samples: int = MISSING  # validation blocks per evaluation (fixed masks)
+    keep_last: int = MISSING
+    log_every: int = MISSING
+    gradient_clipping: float = MISSING
+    on_nonfinite: str = MISSING  # stop | skip: what a non-finite training loss does (bf16/fp32)
 
 
 @dataclass
 class OptimSchema:
-    lr: float = 1e-4
-    warmup_steps: int = 10000
-    schedule: str = "linear"  # linear (upstream warmup_linear) | cosine | constant
-    end_lr_ratio: float = 0.0
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-6
+    lr: float = MISSING
+    warmup_steps: int = MISSING
+    schedule: str = MISSING  # linear (upstream warmup_linear) | cosine | constant
+    end_lr_ratio: float = MISSING
+    weight_decay: float = MISSING
+    beta1: float = MISSING
+    beta2: float = MISSING
+    eps: float = MISSING
 
 
 @dataclass
 class DeepSpeedSchema:
-    zero_stage: int = 0
-    offload: bool = False  # ZeRO offload of optimizer state (and parameters at stage 3) to CPU memory
+    zero_stage: int = MISSING
+    offload: bool = MISSING  # ZeRO offload of optimizer state (and parameters at stage 3) to CPU memory
     extra: dict = field(default_factory=dict)  # merged into the generated DeepSpeed config as is
 
 
 @dataclass
 class WandbSchema:
-    mode: str = "offline"
-    project: str = "deberta_pretrain"
-    entity: Optional[str] = None
+    mode: str = MISSING
+    project: str = MISSING
+    entity: Optional[str] = MISSING
     tags: list = field(default_factory=list)
 
 
 @dataclass
 class LoggingSchema:
     wandb: WandbSchema = field(default_factory=WandbSchema)
-    peak_tflops: Optional[float] = None  # per device, for MFU; null: from the table of known GPUs
-    progress_bar: bool = True
+    peak_tflops: Optional[float] = MISSING  # per device, for MFU; null: from the table of known GPUs
+    progress_bar: bool = MISSING
+
+
+RTD_KEYS = {"lambda": (int, float), "temperature": (int, float), "embedding_sharing": str,
+            "discriminator_lr": (int, float, type(None)), "init_generator": (str, type(None)), "generator": dict}
+EMBEDDING_SHARING = ("gdes", "es", "none")
 
 
 @dataclass
 class PretrainSchema:
     name: str = MISSING
-    output_root: str = "outputs"
-    seed: int = 42
-    precision: str = "bf16"
+    output_root: str = MISSING
+    seed: int = MISSING
+    precision: str = MISSING
+    objective: str = MISSING  # mlm | rtd (conf/objective/*.yaml)
+    rtd: dict = field(default_factory=dict)  # objective=rtd settings; defaults and meanings: conf/objective/rtd.yaml
     model: ModelSchema = field(default_factory=ModelSchema)
+    impl: ImplSchema = field(default_factory=ImplSchema)
     data: DataSchema = field(default_factory=DataSchema)
     train: TrainSchema = field(default_factory=TrainSchema)
     optim: OptimSchema = field(default_factory=OptimSchema)
@@ -147,13 +164,19 @@ def validate(cfg) -> None:
         if value not in allowed:
             raise ValueError(f"{key}: {value!r} is not one of {allowed}")
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"no value for {', '.join(missing)} (every key needs one in conf/ or on the command line)")
     choice("precision", cfg.precision, PRECISIONS)
+    choice("objective", cfg.objective, ("mlm", "rtd"))
+    if cfg.objective == "rtd":
+        validate_rtd(cfg.rtd)
     choice("data.masking", cfg.data.masking, MASKING)
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     choice("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
     choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     choice("data.verify", cfg.data.verify, ("full", "size", "none"))
-    choice("model.attention_backend", cfg.model.attention_backend, ATTENTION_BACKENDS)
+    choice("impl.attention_backend", cfg.impl.attention_backend, ATTENTION_BACKENDS)
     for key in ("train.max_steps", "train.global_batch_size", "train.micro_batch_size", "train.checkpoint_every",
                 "train.eval_every", "train.log_every", "train.keep_last"):
         section, name = key.split(".")
@@ -176,3 +199,104 @@ def validate(cfg) -> None:
         raise ValueError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
     if not cfg.name or "/" in cfg.name:
         raise ValueError(f"name must be a non-empty directory name, got {cfg.name!r}")
+
+
+def validate_rtd(rtd) -> None:
+    """The ``rtd.*`` keys (a free-form mapping in the schema because ``lambda`` is a Python keyword)."""
+    missing = sorted(set(RTD_KEYS) - set(rtd))
+    unknown = sorted(set(rtd) - set(RTD_KEYS))
+    if unknown or missing:
+        raise ValueError(f"rtd: unknown keys {unknown}, missing keys {missing} (see conf/objective/rtd.yaml)")
+    for key, types in RTD_KEYS.items():
+        value = rtd[key]
+        if key == "generator":
+            if value is not None and not hasattr(value, "keys"):
+                raise ValueError(f"rtd.generator must be a mapping of model keys, got {value!r}")
+        elif not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError(f"rtd.{key}: {value!r} has the wrong type")
+    if rtd["embedding_sharing"] not in EMBEDDING_SHARING:
+        raise ValueError(f"rtd.embedding_sharing: {rtd['embedding_sharing']!r} is not one of {EMBEDDING_SHARING}")
+    for key in ("lambda", "temperature"):
+        if rtd[key] <= 0:
+            raise ValueError(f"rtd.{key} must be > 0, got {rtd[key]}")
+    if rtd["discriminator_lr"] is not None and rtd["discriminator_lr"] <= 0:
+        raise ValueError(f"rtd.discriminator_lr must be > 0 or null, got {rtd['discriminator_lr']}")
+
+
+# ---- data prep (conf/data_prep/): prepare.py and train_tokenizer.py -------------------------------------------
+@dataclass
+class TextSource:
+    type: str = "text"
+    paths: list = MISSING
+    doc_separator: str = MISSING
+
+
+@dataclass
+class JsonlSource:
+    type: str = "jsonl"
+    paths: list = MISSING
+    text_field: str = MISSING
+
+
+@dataclass
+class ParquetSource:
+    type: str = "parquet"
+    paths: list = MISSING
+    text_field: str = MISSING
+
+
+@dataclass
+class HFSource:
+    type: str = "hf"
+    name: str = MISSING
+    config_name: Optional[str] = MISSING
+    split: str = MISSING
+    text_field: str = MISSING
+    streaming: bool = MISSING
+
+
+@dataclass
+class PythonHelpSource:
+    type: str = "python-help"
+
+
+SOURCE_SCHEMAS = {"text": TextSource, "jsonl": JsonlSource, "parquet": ParquetSource, "hf": HFSource,
+                  "python-help": PythonHelpSource}
+
+
+@dataclass
+class PrepareSchema:
+    source: Any = MISSING
+    output: str = MISSING
+    vocab: Optional[str] = MISSING
+    tokenizer: Optional[str] = MISSING
+    engine: str = MISSING
+    max_seq_length: int = MISSING
+    packing: str = MISSING
+    validation_fraction: float = MISSING
+    segment_mb: float = MISSING
+    num_proc: int = MISSING
+    overwrite: bool = MISSING
+
+
+@dataclass
+class TrainTokenizerSchema:
+    source: Any = MISSING
+    output: str = MISSING
+    kind: str = MISSING
+    vocab_size: int = MISSING
+    sample_mb: float = MISSING
+    held_out_fraction: float = MISSING
+    character_coverage: float = MISSING
+    num_threads: int = MISSING
+    seed: int = MISSING
+    overwrite: bool = MISSING
+
+
+def register_data_prep_configs() -> None:
+    """The schemas of ``conf/data_prep/*.yaml`` and of each ``source`` option (a misspelt key fails by name)."""
+    store = ConfigStore.instance()
+    store.store(name="prepare_schema", node=PrepareSchema)
+    store.store(name="train_tokenizer_schema", node=TrainTokenizerSchema)
+    for name, node in SOURCE_SCHEMAS.items():
+        store.store(group="source", name=f"{name}_schema", node=node)

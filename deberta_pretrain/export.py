@@ -11,6 +11,9 @@ is consolidation plus serialisation:
   ``vocab.json`` mapping BPE strings to *model* ids, ``merges.txt``, ``tokenizer_config.json``; for SentencePiece
   ``spm.model`` with the config of ``DebertaV2Tokenizer``.
 
+A run of ``objective=rtd`` exports its discriminator (what users fine-tune: ``deberta.*`` with the shared embedding
+tables merged, plus ``mask_predictions.*``) and, in ``generator/`` beside it, its generator as an MLM.
+
 ``format=all`` writes both into one directory: their file names do not collide, so the same directory loads into
 either. Weights are consolidated from a DeepSpeed checkpoint of any ZeRO stage: stage 0 keeps the module's state
 whole; stages 1-3 are merged to fp32 master weights by DeepSpeed's ``zero_to_fp32``. The output is written to a
@@ -22,14 +25,14 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
-import tempfile
 
 import torch
 
 from .deberta import GPT2Tokenizer, ModelConfig
+from .deberta.rtd import merged_tables
 from .deberta.vocabulary import find_vocab, load_tokenizer, tokenizer_kind
-from .fileio import FILE_MODE, write_json_atomic
+from .fileio import staged_folder, write_json_atomic
+from .training.checkpoint import checkpoint_problem, checkpoint_tags, usable_checkpoints
 
 FORMATS = ("release", "hf", "all")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,23 +42,28 @@ HF_SPECIAL_TOKENS = {"bos_token": "[CLS]", "eos_token": "[SEP]", "cls_token": "[
 
 def find_checkpoint(path) -> tuple[str, str, str]:
     """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint -> (checkpoints folder, tag, run
-    directory). A run directory means its newest complete checkpoint (``latest``)."""
+    directory). A run directory means its newest checkpoint that resuming would trust (a damaged newest one falls
+    back to the one before); a ``step_N`` folder must pass the same check."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     if os.path.isdir(os.path.join(path, "checkpoints")):
         path = os.path.join(path, "checkpoints")
-    if os.path.isfile(os.path.join(path, "latest")):
-        with open(os.path.join(path, "latest"), encoding="utf-8") as f:
-            root, tag = path, f.read().strip()
+    if checkpoint_tags(path):
+        usable, refused = usable_checkpoints(path)
+        if not usable:
+            listing = "; ".join(f"{os.path.join(path, tag)}: {why}" for tag, why in refused)
+            raise ValueError(f"checkpoint: {path} holds no usable checkpoint ({listing})")
+        root, tag = path, usable[0]
     elif glob.glob(os.path.join(path, "*model_states.pt")):
         root, tag = os.path.dirname(path), os.path.basename(path)
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ValueError(f"checkpoint: {path} is {problem}" if problem.startswith("incomplete")
+                             else f"checkpoint: {path} is damaged: {problem}")
     else:
         raise FileNotFoundError(f"checkpoint: {path} is neither a run directory, its checkpoints/ folder, nor a "
                                 f"DeepSpeed checkpoint (no *model_states.pt)")
-    folder = os.path.join(root, tag)
-    if not os.path.isfile(os.path.join(folder, "complete.json")):
-        raise ValueError(f"checkpoint: {folder} is incomplete (no complete.json: its save did not finish)")
     return root, tag, os.path.dirname(root)
 
 
@@ -77,11 +85,14 @@ def consolidated_state_dict(root: str, tag: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().float() for k, v in state.items()}
 
 
-def hf_config_dict(config: ModelConfig, dtype: str) -> dict:
+def hf_config_dict(config: ModelConfig, dtype: str, head: str = "mlm") -> dict:
+    """``config.json`` for Hugging Face; ``head`` mlm names the masked-LM class, rtd (a discriminator, whose head HF
+    has no class for) the base model."""
     out = config.to_dict()
     v2 = config.is_v2
+    architecture = ("DebertaV2" if v2 else "Deberta") + ("ForMaskedLM" if head == "mlm" else "Model")
     out.update(model_type="deberta-v2" if v2 else "deberta", legacy=False, pad_token_id=0,
-               architectures=["DebertaV2ForMaskedLM" if v2 else "DebertaForMaskedLM"],
+               architectures=[architecture],
                torch_dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
                pos_att_type=out["pos_att_type"].split("|") if out.get("pos_att_type") else [])
     return out
@@ -121,7 +132,8 @@ def hf_bpe_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
                    "model_max_length": 512, **HF_SPECIAL_TOKENS}, f, indent=2)
 
 
-def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: str, dtype: str) -> None:
+def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: str, dtype: str,
+                head: str = "mlm") -> None:
     """Write ``state`` in format ``fmt`` (release, hf or all) with weights cast to ``dtype`` into ``folder``."""
     tensors = {k: v.to(DTYPES[dtype]).contiguous().clone() for k, v in state.items()}
     if fmt in ("release", "all"):
@@ -134,7 +146,7 @@ def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: s
 
         save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config_dict(config, dtype), f, indent=2, sort_keys=True)
+            json.dump(hf_config_dict(config, dtype, head), f, indent=2, sort_keys=True)
         hf_tokenizer_files(tokenizer, folder)
 
 
@@ -156,20 +168,22 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
     config = ModelConfig.from_json_file(os.path.join(run_dir, "model_config.json"))
     tokenizer = load_tokenizer(vocab_file)
     state = consolidated_state_dict(root, tag)
+    models = [("", state, config, "mlm")]
+    if any(k.startswith("discriminator.") for k in state):  # objective=rtd: the discriminator, generator/ beside it
+        generator_config_file = os.path.join(run_dir, "generator_config.json")
+        if not os.path.isfile(generator_config_file):
+            raise FileNotFoundError(f"{run_dir}: no generator_config.json (written by launch/pretrain.py "
+                                    f"objective=rtd in the run directory)")
+        discriminator, generator = merged_tables(state)
+        models = [("", discriminator, config, "rtd"),
+                  ("generator", generator, ModelConfig.from_json_file(generator_config_file), "mlm")]
 
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.", suffix=".tmp")
-    try:
-        write_model(state, config, tokenizer, staging, fmt, dtype)
+    with staged_folder(output) as staging:
+        for sub, model_state, model_config, head in models:
+            folder = os.path.join(staging, sub)
+            os.makedirs(folder, exist_ok=True)
+            write_model(model_state, model_config, tokenizer, folder, fmt, dtype, head)
         write_json_atomic(os.path.join(staging, "export.json"),
-                          {"checkpoint": os.path.join(root, tag), "format": fmt, "dtype": dtype})
-        for name in os.listdir(staging):  # mkdtemp and some writers create owner-only files
-            os.chmod(os.path.join(staging, name), FILE_MODE)
-        os.chmod(staging, 0o755)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                          {"checkpoint": os.path.join(root, tag), "format": fmt, "dtype": dtype,
+                           "model": "discriminator" if len(models) > 1 else "mlm"})
     return output

@@ -7,9 +7,11 @@ never a partial one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 _UMASK = os.umask(0)
@@ -46,3 +48,25 @@ def atomic_write(path, write) -> None:
 def write_json_atomic(path, obj) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+@contextlib.contextmanager
+def staged_folder(output):
+    """Yield a temporary folder beside ``output``; when the block completes, give its content normal permissions
+    and rename it to ``output`` (replacing an existing one). On an error it is removed: ``output`` is either as it
+    was or complete."""
+    output = os.path.abspath(os.fspath(output))
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.", suffix=".tmp")
+    try:
+        yield staging
+        for folder, _, files in os.walk(staging):  # mkdtemp and some writers create owner-only files
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), FILE_MODE)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: loss, accuracy, learning rate and throughput against the step.
+"""PNG plots of a run's metrics.jsonl against the step: loss, learning rate, throughput, and MLM accuracy or (for
+objective=rtd) the generator's loss and the discriminator's AUC, precision, recall and accuracy.
 
     python launch/plot.py run=outputs/quickstart            # writes outputs/quickstart/plots/*.png
     python launch/plot.py run=outputs/quickstart out=figs

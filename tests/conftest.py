@@ -37,6 +37,18 @@ def small_config(generation: str, position_biased_input: bool = False, **overrid
     return base
 
 
+def compose_pretrain(*overrides):
+    """The config ``launch/pretrain.py`` composes from ``conf/`` with ``overrides`` (no run)."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    from deberta_pretrain.config import register_configs  # noqa: PLC0415
+
+    register_configs()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with initialize_config_dir(config_dir=os.path.join(root, "conf"), version_base=None):
+        return compose("pretrain", overrides=list(overrides))
+
+
 def padded_batch(vocab_size=97, lengths=(20, 13, 1), seed=0):
     """Token ids and a 2-D input mask for rows of the given lengths, padded with 0 to the longest."""
     g = torch.Generator().manual_seed(seed)

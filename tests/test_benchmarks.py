@@ -31,11 +31,14 @@ def test_throughput_benchmark_compares_with_hf_on_cpu(tmp_path):
 
 
 def test_tokenizer_benchmark_ids_are_identical():
-    report = run_benchmark("tokenizer.py", "--repeat", "1")
+    report = run_benchmark("tokenizer.py", "--repeat", "1", "--spm-pieces", "2000")
     assert report["ids_identical"] == {"fast_vs_tiktoken": True, "reference_vs_fast_first_40_docs": True}
-    assert set(report["tokens_per_s"]) == {"tiktoken_gpt2", "fast_engine", "reference_engine"}
+    assert set(report["tokens_per_s"]) == {"tiktoken_gpt2", "tiktoken_gpt2_per_document", "fast_engine",
+                                           "reference_engine", "gpt2_tokenize", "spm_tokenize"}
+    assert report["gpt2_tokenize_vs_tiktoken"] > 0 and report["spm_tokenize_vs_tiktoken"] > 0
 
 
 def test_data_prep_benchmark_reports_prepare_and_reader():
-    report = run_benchmark("data_prep.py", "--repeat", "1", "--num-proc", "1")
+    report = run_benchmark("data_prep.py", "--repeat", "1", "--num-proc", "1", "--spm-pieces", "2000")
     assert report["prepare"]["num_proc=1"]["mb_per_s"] > 0 and report["reader"]["samples_per_s"] > 0
+    assert report["prepare_spm"]["num_proc=1"]["mb_per_s"] > 0 and report["spm_vs_gpt2"]["num_proc=1"] > 0

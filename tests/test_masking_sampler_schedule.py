@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from deberta_pretrain.config import PretrainSchema
+from conftest import compose_pretrain
 from deberta_pretrain.data.masking import IGNORE_INDEX, MLMCollator, default_max_predictions
 from deberta_pretrain.data.sampler import StepSampler
 from deberta_pretrain.deberta import ModelConfig
@@ -143,7 +143,7 @@ def test_upstream_warmup_linear_by_hand():
 
 
 def test_deepspeed_config_batch_arithmetic_and_errors():
-    cfg = OmegaConf.structured(PretrainSchema(name="x"))
+    cfg = compose_pretrain("name=x", "data.path=d")
     cfg.train.global_batch_size, cfg.train.micro_batch_size, cfg.precision = 64, 8, "bf16"
     config = optim.deepspeed_config(cfg, world_size=4, on_gpu=False)
     assert config["gradient_accumulation_steps"] == 2 and config["bf16"] == {"enabled": True}
@@ -168,15 +168,30 @@ def test_no_weight_decay_on_biases_and_layer_norm_weights():
     model = torch.nn.Module()
     model.dense = torch.nn.Linear(2, 2)
     model.LayerNorm = torch.nn.LayerNorm(2)
-    decay, no_decay = optim.param_groups(model, 0.01)
+    cfg = OmegaConf.create({"objective": "mlm", "optim": {"weight_decay": 0.01}})
+    decay, no_decay = optim.param_groups(model, cfg)
     assert decay["params"] == [model.dense.weight] and decay["weight_decay"] == 0.01
     assert {id(p) for p in no_decay["params"]} == {id(model.dense.bias), id(model.LayerNorm.weight),
                                                    id(model.LayerNorm.bias)}
 
 
+def test_rtd_discriminator_learning_rate_gets_its_own_groups():
+    import torch
+
+    model = torch.nn.Module()
+    model.generator, model.discriminator = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    cfg = OmegaConf.create({"objective": "rtd", "optim": {"weight_decay": 0.01},
+                            "rtd": {"discriminator_lr": 3e-4}})
+    groups = optim.param_groups(model, cfg)
+    assert [g["params"] for g in groups] == [[model.generator.weight], [model.generator.bias],
+                                             [model.discriminator.weight], [model.discriminator.bias]]
+    assert [g.get("lr") for g in groups] == [None, None, 3e-4, 3e-4]
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0, 0.01, 0.0]
+
+
 def test_flops_per_token_reproduces_the_published_accounting():
-    """PERFORMANCE.md §4 worked values (sparse head f=0.15, no EMD): v3-base 712 and v1-base 715 MFLOP/token at
-    L=512, v3-base 641 at L=128."""
+    """PaLM-style accounting worked by hand (sparse head f=0.15, no EMD): v3-base 712 and v1-base 715 MFLOP/token
+    at L=512, v3-base 641 at L=128."""
     v3 = ModelConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                      vocab_size=128100, relative_attention=True, pos_att_type="p2c|c2p", position_buckets=256,
                      share_att_key=True, norm_rel_ebd="layer_norm", attention_head_size=64)
@@ -190,6 +205,32 @@ def test_flops_per_token_reproduces_the_published_accounting():
     assert metrics.flops_per_token(v3, 128, 0.15, False, huge) / 1e6 == pytest.approx(641, rel=0.01)
     assert metrics.detect_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert metrics.detect_peak_tflops("NVIDIA H100 PCIe") == 756.0
+
+
+def test_model_schema_is_the_release_schema_with_its_defaults():
+    import dataclasses
+
+    from deberta_pretrain.config import ModelSchema
+    from deberta_pretrain.deberta.config import _DEFAULTS
+
+    schema = {f.name: f.default for f in dataclasses.fields(ModelSchema)}
+    assert set(schema) == set(_DEFAULTS) | {"model_type", "init_from"}
+    assert {k: v for k, v in schema.items() if k in _DEFAULTS} == _DEFAULTS
+
+
+def test_every_key_gets_its_value_from_the_yaml_files():
+    """The schema holds types only (no second set of defaults): a composed config has no missing value but the
+    two the user must give, and a group file that lost a key is caught by name before anything runs."""
+    from omegaconf import OmegaConf
+
+    from deberta_pretrain.config import validate
+
+    cfg = compose_pretrain()
+    assert OmegaConf.missing_keys(cfg) == {"name", "data.path"}
+    cfg = compose_pretrain("name=x", "data.path=d")
+    cfg.train.eval_every = "???"  # as if conf/pretrain.yaml had lost the key: the schema gives no fallback
+    with pytest.raises(ValueError, match="no value for train.eval_every"):
+        validate(cfg)
 
 
 def test_schema_attention_backends_are_the_model_ones():

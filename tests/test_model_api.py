@@ -82,7 +82,7 @@ def test_log_buckets_against_formula_and_hf():
             log_pos = math.ceil(math.log(abs(value) / mid) / math.log((512 - 1) / mid) * (mid - 1)) + mid
             assert bucket == int(math.copysign(log_pos, value))
     inside = r.abs() < 512
-    assert ours[inside].min() == -255 and ours[inside].max() == 255  # UPSTREAM.md §2: range [-255, 255]
+    assert ours[inside].min() == -255 and ours[inside].max() == 255  # upstream's log buckets stay in [-255, 255]
     assert torch.equal(ours[inside], hf_buckets(r, 256, 512).long()[inside])
     assert transformers is not None
 

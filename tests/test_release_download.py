@@ -177,4 +177,38 @@ def test_unknown_names_and_spm_vocabularies_are_named(tmp_path):
     from deberta_pretrain.deberta.release import resolve_vocab_path
 
     with pytest.raises(ValueError, match="SentencePiece"):
-        resolve_vocab_path("deberta-v3-base", cache_dir=tmp_path)
+        resolve_vocab_path("deberta-v3-base", cache_dir=tmp_path, kind="gpt2")
+    with pytest.raises(ValueError, match="SentencePiece"):
+        GPT2Tokenizer("deberta-v3-base")
+
+
+def test_a_v3_release_name_brings_its_spm_vocabulary(monkeypatch, tmp_path):
+    """deberta-v3-* by name: weights, config.json and spm.model from the (local) hub; data prep's tokenizer and
+    continued pretraining's vocabulary check both use the spm.model, and GPT-2 data is refused naming both."""
+    from conftest import train_spm
+    from deberta_pretrain.deberta.vocabulary import load_tokenizer, vocab_identity
+    from deberta_pretrain.training.initial_weights import load_initial_weights
+
+    spm_file = train_spm(tmp_path / "spm.model", vocab_size=1000)
+    config = ModelConfig.from_dict(small_config("v3", vocab_size=1001))
+    torch.manual_seed(0)
+    weights = io.BytesIO()
+    torch.save(MaskedLanguageModel(config).state_dict(), weights)
+    server = FakeHub({"deberta-v3-base/pytorch_model.bin": weights.getvalue(),
+                      "deberta-v3-base/config.json": config.to_json_string().encode(),
+                      "deberta-v3-base/spm.model": spm_file.read_bytes()})
+    monkeypatch.setenv("DEBERTA_RELEASE_URL", server.template)
+    monkeypatch.setenv("DEBERTA_DOWNLOAD_RETRIES", "0")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default release cache lives under ~
+    try:
+        tokenizer = load_tokenizer("deberta-v3-base")
+        assert type(tokenizer).__name__ == "SPMTokenizer" and tokenizer.mask_token_id == 1000
+        assert (tmp_path / "home" / ".~DeBERTa" / "assets" / "latest" / "deberta-v3-base" / "spm.model").is_file()
+        state, merged = load_initial_weights("deberta-v3-base", ModelConfig.from_dict(small_config("v3")),
+                                             vocab_identity(tokenizer))
+        assert merged.vocab_size == 1001 and "deberta.embeddings.word_embeddings.weight" in state
+        with pytest.raises(ValueError, match="deberta-v3-base was trained with the vocabulary .*spm.model"):
+            load_initial_weights("deberta-v3-base", config, vocab_identity(GPT2Tokenizer()))
+        assert server.count("spm.model") == 1  # the vocabulary is cached, not fetched again
+    finally:
+        server.shutdown()

@@ -26,7 +26,7 @@ def meta_model(config: ModelConfig) -> MaskedLanguageModel:
 
 
 def deberta_base_release_shapes() -> dict:
-    """microsoft/deberta-base: 202 tensors (UPSTREAM.md §1.1)."""
+    """microsoft/deberta-base: 202 tensors (the release file)."""
     shapes = {
         "deberta.embeddings.word_embeddings.weight": (50265, 768),
         "deberta.embeddings.position_embeddings.weight": (512, 768),
@@ -64,7 +64,7 @@ def deberta_base_release_shapes() -> dict:
 
 def deberta_v3_base_release_shapes() -> dict:
     """microsoft/deberta-v3-base with its MLM head: shared attention keys (no positional projections),
-    512 log-bucket relative embeddings with a LayerNorm (UPSTREAM.md §1.2, §1.3)."""
+    512 log-bucket relative embeddings with a LayerNorm (the v3 release layout)."""
     shapes = {
         "deberta.embeddings.word_embeddings.weight": (128100, 768),
         "deberta.embeddings.position_embeddings.weight": (512, 768),

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import gpt2_vocab
 from .bpe import make_engine
-from .tokenization import TokenizerMixin
+from .tokenization import TokenizerMixin, lookup
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 
@@ -48,7 +48,7 @@ class GPT2Tokenizer(TokenizerMixin):
             if not os.path.exists(os.fspath(vocab_file)):
                 from .release import resolve_vocab_path  # noqa: PLC0415
 
-                vocab_file = resolve_vocab_path(vocab_file)
+                vocab_file = resolve_vocab_path(vocab_file, kind="gpt2")
             self.gpt2_encoder = gpt2_vocab.load_bpe_encoder(vocab_file)
         self.pad_token, self.cls_token, self.sep_token, self.unk_token = SPECIAL_TOKENS
         self.mask_token = "[MASK]"
@@ -69,6 +69,7 @@ class GPT2Tokenizer(TokenizerMixin):
         merges = [tuple(pair) for pair in self.gpt2_encoder["vocab"]]
         self.bpe = make_engine(encoder, merges, engine)
         self._gpt2_to_id = self._build_gpt2_lookup(len(encoder))
+        self._id_strings = [str(i) for i in range(len(encoder))]  # tokenize() looks strings up, faster than str()
         self.vocab = self.indices
         self.ids_to_tokens = self.symbols
 
@@ -95,7 +96,7 @@ class GPT2Tokenizer(TokenizerMixin):
 
     def tokenize(self, text: str) -> list[str]:
         """Text -> GPT-2 byte-level BPE tokens, each the string of its GPT-2 id."""
-        return [str(i) for i in self.bpe.encode(text)]
+        return lookup(self._id_strings, self.bpe.encode(text))
 
     def convert_tokens_to_ids(self, tokens) -> list[int]:
         return [self.indices.get(t, self.unk_token_id) for t in tokens]

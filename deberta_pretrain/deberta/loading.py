@@ -50,8 +50,13 @@ def find_weights_file(path: str) -> str:
 
 
 def find_config_beside(weights_path: str) -> ModelConfig | None:
+    """The config in the weights' folder; for a generator's file (``pytorch_model.generator.bin``, as the v3
+    releases ship next to the discriminator) its ``generator_config.json`` first."""
     folder = os.path.dirname(os.path.abspath(weights_path))
-    for name in CONFIG_FILES:
+    names = CONFIG_FILES
+    if "generator" in os.path.basename(weights_path):
+        names = ("generator_config.json",) + tuple(names)
+    for name in names:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
             return ModelConfig.from_json_file(candidate)
@@ -76,14 +81,17 @@ def load_model_state(path: str) -> tuple[dict, ModelConfig | None]:
 # embedding matrix and is dropped.
 LEGACY_HEAD = (("cls.predictions.transform.dense.", "lm_predictions.lm_head.dense."),
                ("cls.predictions.transform.LayerNorm.", "lm_predictions.lm_head.LayerNorm."),
-               ("cls.predictions.bias", "lm_predictions.lm_head.bias"))
+               ("cls.predictions.bias", "lm_predictions.lm_head.bias"),
+               # upstream's RTD head before Dec 2021 misspelt its classifier
+               ("mask_predictions.classifer.", "mask_predictions.classifier."))
 ENCODER_PREFIXES = ("embeddings.", "encoder.")  # an HF base model (DebertaV2Model) saves its keys bare
 
 
 def to_release_names(state: dict) -> dict:
     """The key layouts other tools write, renamed to the release's: upstream's early ``bert.*`` and HF base
     models' bare ``embeddings.*``/``encoder.*`` get the ``deberta.`` prefix, HF's legacy ``cls.predictions.*`` head
-    becomes ``lm_predictions.lm_head.*``. Release keys pass unchanged."""
+    becomes ``lm_predictions.lm_head.*``, the RTD head's early ``classifer`` its ``classifier``. Release keys pass
+    unchanged."""
     out = {}
     for key, value in state.items():
         if key.startswith("bert."):

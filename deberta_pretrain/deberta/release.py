@@ -3,7 +3,7 @@
 A name (``base``, ``large``, ``base_mnli``, ``deberta-v3-base``, ...; see :data:`RELEASE_NAMES`) resolves to a
 folder ``~/.~DeBERTa/assets/{tag or latest}/{name}/`` (or under ``cache_dir``) holding ``pytorch_model.bin``,
 ``model_config.json`` (the release's ``config.json``) and, when asked for, the vocabulary (``bpe_encoder.bin`` for
-v1 models). Files come from ``https://huggingface.co/microsoft/{name}/resolve/{revision}/{file}``; set
+v1 models, ``spm.model`` for v2/v3). Files come from ``https://huggingface.co/microsoft/{name}/resolve/{revision}/{file}``; set
 ``DEBERTA_RELEASE_URL`` to another template with ``{name}``, ``{file}`` (and optionally ``{revision}``) for a mirror
 or a local server. The cache records each file's size and sha256 (``.cache.json``) and checks them on every reuse;
 a file lock makes all processes of a node wait for one download. ``no_cache=True`` downloads to a fresh temporary
@@ -31,13 +31,18 @@ RELEASE_NAMES = {
 HUB_NAMES = set(RELEASE_NAMES.values())
 DEFAULT_URL = "https://huggingface.co/microsoft/{name}/resolve/{revision}/{file}"
 URL_ENV, TIMEOUT_ENV, RETRIES_ENV = "DEBERTA_RELEASE_URL", "DEBERTA_DOWNLOAD_TIMEOUT", "DEBERTA_DOWNLOAD_RETRIES"
-WEIGHTS, CONFIG, VOCAB = "pytorch_model.bin", "model_config.json", "bpe_encoder.bin"
+WEIGHTS, CONFIG, VOCAB, SPM_VOCAB = "pytorch_model.bin", "model_config.json", "bpe_encoder.bin", "spm.model"
 REMOTE_NAME = {CONFIG: "config.json"}  # the hub stores model_config.json as config.json
 RECORD = ".cache.json"
 
 
 def hub_name(name: str) -> str | None:
     return RELEASE_NAMES.get(name) or (name if name in HUB_NAMES else None)
+
+
+def vocab_file_of(repo: str) -> str:
+    """The vocabulary file of a release: SentencePiece for the v2/v3 models, GPT-2 BPE for v1."""
+    return SPM_VOCAB if "-v2" in repo or "-v3" in repo else VOCAB
 
 
 def release_url(name: str, file: str, tag: str | None = None) -> str:
@@ -118,8 +123,9 @@ def resolve_model_path(model_path, tag=None, no_cache=False, cache_dir=None, sha
     return fetch_release(model_path, tag=tag, no_cache=no_cache, cache_dir=cache_dir, sha256=sha256)
 
 
-def resolve_vocab_path(vocab_file, tag=None, no_cache=False, cache_dir=None) -> str:
-    """A local vocabulary file as it is; a v1 release name -> its downloaded ``bpe_encoder.bin``."""
+def resolve_vocab_path(vocab_file, tag=None, no_cache=False, cache_dir=None, kind: str | None = None) -> str:
+    """A local vocabulary file as it is; a release name -> its downloaded vocabulary (``bpe_encoder.bin`` for v1,
+    ``spm.model`` for v2/v3). ``kind="gpt2"`` refuses a SentencePiece release."""
     vocab_file = os.fspath(vocab_file)
     if os.path.exists(vocab_file):
         return vocab_file
@@ -127,8 +133,9 @@ def resolve_vocab_path(vocab_file, tag=None, no_cache=False, cache_dir=None) -> 
     if repo is None:
         raise FileNotFoundError(f"vocabulary not found: {vocab_file!r} is neither a local file nor a release name; "
                                 f"build one with `python data_prep/build_vocab.py output=<dir>/bpe_encoder.bin`")
-    if "v2" in repo or "v3" in repo:
+    file = vocab_file_of(repo)
+    if kind == "gpt2" and file == SPM_VOCAB:
         raise ValueError(f"{vocab_file!r} uses a SentencePiece vocabulary (spm.model), not GPT-2 BPE; GPT2Tokenizer "
-                         f"reads the v1 releases' bpe_encoder.bin only")
-    folder = fetch_release(vocab_file, files=(VOCAB,), tag=tag, no_cache=no_cache, cache_dir=cache_dir)
-    return os.path.join(folder, VOCAB)
+                         f"reads the v1 releases' bpe_encoder.bin only (SPMTokenizer reads spm.model)")
+    folder = fetch_release(vocab_file, files=(file,), tag=tag, no_cache=no_cache, cache_dir=cache_dir)
+    return os.path.join(folder, file)

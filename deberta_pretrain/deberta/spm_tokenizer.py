@@ -19,7 +19,7 @@ import unicodedata
 
 import numpy as np
 
-from .tokenization import TokenizerMixin
+from .tokenization import TokenizerMixin, lookup
 
 SPECIAL_TOKENS = ("[MASK]", "[SEP]", "[PAD]", "[UNK]", "[CLS]")  # upstream's order of adding them
 WORD_START = "\u2581"  # SentencePiece's marker of a piece that starts a word
@@ -68,6 +68,9 @@ class SPMTokenizer(TokenizerMixin):
             "[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
         self.pad_token_id, self.cls_token_id, self.sep_token_id, self.unk_token_id, self.mask_token_id = (
             self.vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"))
+        # the token of every piece id, the model's unknown piece spelt [UNK]: tokenize() maps ids through it
+        self._piece_tokens = list(self.tokens_by_id[:self.pieces])
+        self._piece_tokens[self.spm.unk_id()] = self.unk_token
 
     def add_special_token(self, token: str) -> int:
         """Add a special token (kept out of decoding) at the next free id unless the model has it; returns its id."""
@@ -115,10 +118,11 @@ class SPMTokenizer(TokenizerMixin):
         return chunks
 
     def tokenize(self, text: str) -> list[str]:
-        """Text -> SentencePiece pieces; a piece outside the vocabulary becomes ``[UNK]``."""
-        pieces = [p for chunk in self._chunks(text) for p in self.spm.encode_as_pieces(chunk)]
-        unknown = self.spm.id_to_piece(self.spm.unk_id())
-        return [p if p in self.vocab and p != unknown else self.unk_token for p in pieces]
+        """Text -> SentencePiece pieces; an unknown piece becomes ``[UNK]``."""
+        chunks = self._chunks(text)
+        if len(chunks) == 1:
+            return lookup(self._piece_tokens, self.spm.encode(chunks[0]))
+        return [t for chunk in chunks for t in lookup(self._piece_tokens, self.spm.encode(chunk))]
 
     def convert_tokens_to_ids(self, tokens) -> list[int]:
         return [self.vocab.get(t, self.unk_token_id) for t in tokens]

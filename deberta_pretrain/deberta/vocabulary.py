@@ -37,8 +37,9 @@ def vocab_kind(path) -> str:
 
 
 def resolve_vocab(vocab, kind: str | None = None) -> tuple[str | None, str]:
-    """(vocabulary file, kind) for ``vocab``: a file, a folder holding one, or None (GPT-2's own BPE). ``kind``, if
-    given, must agree with the file's."""
+    """(vocabulary file, kind) for ``vocab``: a file, a folder holding one, a release name (``deberta-v3-base``,
+    ``base``, ...: its vocabulary is downloaded), or None (GPT-2's own BPE). ``kind``, if given, must agree with the
+    file's."""
     if vocab is None:
         if kind == "spm":
             raise ValueError("tokenizer=spm needs vocab= (an spm.model, or a model folder holding one)")
@@ -50,7 +51,12 @@ def resolve_vocab(vocab, kind: str | None = None) -> tuple[str | None, str]:
             raise FileNotFoundError(f"vocab: {path} holds neither spm.model nor bpe_encoder.bin")
         path = found
     elif not os.path.exists(path):
-        return path, kind or "gpt2"  # a release name: the GPT-2 tokenizer resolves and downloads it
+        from .release import hub_name, resolve_vocab_path  # noqa: PLC0415
+
+        if hub_name(path) is None:
+            raise FileNotFoundError(f"vocab: {path} is neither a vocabulary file, a folder holding one, nor a "
+                                    f"release name")
+        path = resolve_vocab_path(path, kind=kind)  # a release name: downloaded once into the release cache
     found_kind = vocab_kind(path)
     if kind is not None and kind != found_kind:
         raise ValueError(f"tokenizer={kind}, but {path} is a {found_kind} vocabulary")

@@ -50,6 +50,47 @@ def first_error(error: str | None) -> str | None:
     return next((e for e in gathered if e), None)
 
 
+def read_marker(folder: str) -> dict | None:
+    try:
+        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be trusted (no ``complete.json``, a file missing or of another size
+    than was written), or None."""
+    marker = read_marker(folder)
+    if marker is None:
+        return "incomplete (no complete.json: the save did not finish)"
+    for name, size in marker["files"].items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"file {name} is missing"
+        if os.path.getsize(path) != size:
+            return f"file {name} has {os.path.getsize(path)} bytes, {size} were written"
+    return None
+
+
+def checkpoint_tags(directory: str) -> list[str]:
+    """The ``step_N`` folders of a ``checkpoints/`` directory, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    tags = [t for t in os.listdir(directory) if t.startswith("step_") and t[5:].isdigit()]
+    return sorted(tags, key=step_of, reverse=True)
+
+
+def usable_checkpoints(directory: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(usable tags newest first, [(tag, why it is not usable)]) of a ``checkpoints/`` directory: what resuming and
+    exporting trust. ``latest`` is not consulted: a damaged newest checkpoint falls back to the one before."""
+    usable, refused = [], []
+    for tag in checkpoint_tags(directory):
+        problem = checkpoint_problem(os.path.join(directory, tag))
+        (refused.append((tag, problem)) if problem else usable.append(tag))
+    return usable, refused
+
+
 class Checkpointer:
     """Saves and finds the checkpoints of one run directory for a job of ``world_size`` ranks at ``zero_stage``."""
 
@@ -114,43 +155,17 @@ class Checkpointer:
 
     # ---- finding --------------------------------------------------------------------------------------
     def all_tags(self) -> list[str]:
-        if not os.path.isdir(self.directory):
-            return []
-        tags = [t for t in os.listdir(self.directory) if t.startswith("step_") and t[5:].isdigit()]
-        return sorted(tags, key=step_of, reverse=True)
+        return checkpoint_tags(self.directory)
 
     def marker(self, tag: str) -> dict | None:
-        try:
-            with open(os.path.join(self.path(tag), MARKER), encoding="utf-8") as f:
-                return json.load(f)
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def problem(self, tag: str) -> str | None:
-        """Why checkpoint ``tag`` cannot be trusted, or None."""
-        marker = self.marker(tag)
-        if marker is None:
-            return "incomplete (no complete.json: the save did not finish)"
-        for name, size in marker["files"].items():
-            path = os.path.join(self.path(tag), name)
-            if not os.path.isfile(path):
-                return f"file {name} is missing"
-            if os.path.getsize(path) != size:
-                return f"file {name} has {os.path.getsize(path)} bytes, {size} were written"
-        return None
+        return read_marker(self.path(tag))
 
     def complete_tags(self) -> list[str]:
-        return [t for t in self.all_tags() if self.problem(t) is None]
+        return usable_checkpoints(self.directory)[0]
 
     def survey(self) -> tuple[list[str], list[tuple[str, str]]]:
-        """(usable tags newest first, [(tag, why it is not usable)]), decided on rank 0 and shared."""
-        shared = [None]
-        if self.rank == 0:
-            usable, refused = [], []
-            for tag in self.all_tags():
-                problem = self.problem(tag)
-                (refused.append((tag, problem)) if problem else usable.append(tag))
-            shared = [(usable, refused)]
+        """:func:`usable_checkpoints`, decided on rank 0 and shared."""
+        shared = [usable_checkpoints(self.directory) if self.rank == 0 else None]
         dist.broadcast_object_list(shared, src=0)
         return shared[0]
 

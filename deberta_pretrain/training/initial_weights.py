@@ -20,9 +20,16 @@ logger = logging.getLogger(__name__)
 RUN_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
-def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: dict) -> tuple[dict, ModelConfig]:
-    """(state dict, merged model config) of ``init_from``; raises ``ValueError`` when its vocabulary differs from
-    the data's (``data_vocab``: the manifest's vocabulary identity)."""
+HEADS = {"mlm": ("lm_predictions.", "MLM head: lm_predictions.lm_head.{dense,LayerNorm,bias}"),
+         "rtd": ("mask_predictions.", "replaced-token-detection head: mask_predictions.{dense,LayerNorm,classifier}")}
+
+
+def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: dict,
+                         head: str = "mlm") -> tuple[dict, ModelConfig]:
+    """(state dict, merged model config) of ``init_from`` for a model with ``head`` (``mlm``: an MLM or a
+    generator; ``rtd``: a discriminator): the other head's keys are set aside, a missing head is reported. Raises
+    ``ValueError`` when its vocabulary differs from the data's (``data_vocab``: the manifest's vocabulary
+    identity)."""
     weights = find_weights_file(resolve_model_path(init_from))
     state, release_config = load_model_state(weights)
     config = merge_configs(release_config, run_config)
@@ -30,15 +37,21 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
         fields = release_config.to_dict()
         fields.update({k: v for k, v in run_config.to_dict().items() if k in RUN_FIELDS})
         config = ModelConfig.from_dict(fields)
+    layers = {int(k.split(".")[3]) for k in state if k.startswith("deberta.encoder.layer.")}
+    if layers and len(layers) != config.num_hidden_layers:  # e.g. a generator file beside a discriminator's config
+        logger.warning("%s holds %d layers, its config says %d: using %d", init_from, len(layers),
+                       config.num_hidden_layers, len(layers))
+        config = ModelConfig.from_dict({**config.to_dict(), "num_hidden_layers": len(layers)})
     config.validate()
-    rtd_head = sorted(k for k in state if k.startswith("mask_predictions."))
-    if rtd_head:  # a v3 release is an RTD discriminator: its per-token head has no place in an MLM model
-        logger.info("model.init_from=%s: its replaced-token-detection head is set aside (%s)", init_from,
-                    ", ".join(rtd_head))
-        state = {k: v for k, v in state.items() if k not in rtd_head}
-    if not any(k.startswith("lm_predictions.") for k in state):
-        logger.warning("model.init_from=%s has no MLM head: lm_predictions.lm_head.{dense,LayerNorm,bias} start "
-                       "freshly initialised", init_from)
+    own_prefix, own_description = HEADS[head]
+    other_prefix, other_description = HEADS["rtd" if head == "mlm" else "mlm"]
+    other_head = sorted(k for k in state if k.startswith(other_prefix))
+    if other_head:  # e.g. a v3 release is a discriminator: its per-token head has no place in an MLM
+        logger.info("%s: its %s is set aside (%s)", init_from, other_description.split(":")[0],
+                    ", ".join(other_head))
+        state = {k: v for k, v in state.items() if k not in other_head}
+    if not any(k.startswith(own_prefix) for k in state):
+        logger.warning("%s has no %s start freshly initialised", init_from, own_description)
     if hub_name(init_from) and not os.path.exists(init_from):
         vocab_file = resolve_vocab_path(init_from)
     else:

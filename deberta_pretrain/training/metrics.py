@@ -7,6 +7,10 @@ import logging
 import math
 import os
 import secrets
+import time
+
+import torch
+import torch.distributed as dist
 
 from ..deberta.relative_position import make_log_bucket_position
 from ..fileio import atomic_write
@@ -33,8 +37,6 @@ def relative_slots(config, length: int) -> int:
         return 0
     span = config.relative_span
     if config.is_v2 and config.position_buckets > 0:
-        import torch  # noqa: PLC0415
-
         top = int(make_log_bucket_position(torch.tensor([length - 1]), config.position_buckets,
                                            config.max_relative_distance)[0])
         return min(2 * top + 1, 2 * span)
@@ -42,8 +44,9 @@ def relative_slots(config, length: int) -> int:
 
 
 def flops_per_token(config, length: int, mask_fraction: float, emd: bool, tokens_per_step: int) -> float:
-    """Training FLOPs (forward + backward = 3x forward) per token, PaLM-style model FLOPs (PERFORMANCE.md §4), for
-    our implementation: sparse MLM head over the masked fraction ``f``, EMD queries only at masked positions."""
+    """Training FLOPs (forward + backward = 3x forward) per token, PaLM-style model FLOPs (6 x weights + attention
+    scores), for our implementation: sparse MLM head over the masked fraction ``f``, EMD queries only at masked
+    positions."""
     d, n, dff, vocab = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
     a = config.num_attention_heads * config.head_size
     e = config.embed_size
@@ -119,3 +122,65 @@ def read_metrics(run_dir: str) -> list[dict]:
                 record = json.loads(line)
                 latest[(record.get("split", "train"), record["step"])] = record
     return [latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1]))]
+
+
+class TrainProgress:
+    """The training side of reporting: sums the objective's per-micro-batch statistics on the device, and at each
+    log step reads them once (all-reduced), adds throughput, MFU and learning rate, and writes the record to the
+    metrics log and the progress bar (rank 0)."""
+
+    def __init__(self, run, objective, engine, log: MetricsLogger, start_step: int, sampler):
+        cfg = run.cfg
+        self.cfg, self.objective, self.engine, self.log, self.sampler = cfg, objective, engine, log, sampler
+        self.world, self.clock = run.world, time.perf_counter
+        self.totals = torch.zeros(len(objective.stat_names), dtype=torch.float64, device=run.device)
+        self.window_start, self.window_steps, self.last = self.clock(), 0, {}
+        self.skipped_at_start = engine.skipped_steps
+        length = run.train_set.max_seq_length
+        self.flops_per_token = objective.flops_per_token(length, cfg.train.global_batch_size * length)
+        self.peak = cfg.logging.peak_tflops or (detect_peak_tflops(torch.cuda.get_device_name(run.device))
+                                                if run.on_gpu else None)
+        self.bar = None
+        if run.rank == 0 and cfg.logging.progress_bar:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, desc=cfg.name, dynamic_ncols=True)
+
+    def add(self, stats) -> None:
+        self.totals += stats
+
+    def step_done(self, step: int, log_now: bool) -> None:
+        self.window_steps += 1
+        if log_now:
+            self._log_train(step)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _log_train(self, step: int) -> None:
+        dist.all_reduce(self.totals)
+        totals = dict(zip(self.objective.stat_names, self.totals.tolist()))
+        elapsed = max(self.clock() - self.window_start, 1e-9)
+        tokens_per_s = totals["tokens"] / elapsed
+        record = {"step": step, "split": "train", **self.objective.summarize(totals, "train"),
+                  "lr": self.engine.get_lr()[0], "tokens_per_s": tokens_per_s,
+                  "epoch": self.sampler.epoch_of_step(step), "step_time_s": elapsed / self.window_steps,
+                  "mfu": (tokens_per_s * self.flops_per_token / (self.peak * 1e12 * self.world)) if self.peak else None}
+        if self.cfg.precision == "fp16" or self.cfg.train.on_nonfinite == "skip":
+            # updates DeepSpeed dropped (fp16: loss-scale overflows; skip: non-finite gradients) in this start
+            record["skipped_steps"] = int(self.engine.skipped_steps - self.skipped_at_start)
+        self.log.log(record)
+        self.last = record
+        if self.bar is not None:
+            shown = {key: f"{record[key]:.4f}" for key in ("loss", *self.objective.progress_keys)}
+            self.bar.set_postfix(**shown, lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                                 **({"mfu": f"{record['mfu']:.1%}"} if record["mfu"] else {}))
+        self.totals.zero_()
+        self.window_start, self.window_steps = self.clock(), 0
+
+    def log_validation(self, step: int, result: dict) -> None:
+        if result:
+            self.log.log({"step": step, "split": "validation", **result})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -11,12 +11,25 @@ from omegaconf import OmegaConf
 NO_DECAY = re.compile(r"bias|LayerNorm\.weight")  # upstream: no weight decay on biases and LayerNorm weights
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def group_settings(cfg) -> list[tuple[str, dict]]:
+    """(parameter-name prefix, settings) of each optimizer group, in order: with decay, then without (biases and
+    LayerNorm weights), and for the rtd objective with ``rtd.discriminator_lr`` both again for the discriminator."""
+    decay, no_decay = {"weight_decay": cfg.optim.weight_decay}, {"weight_decay": 0.0}
+    if cfg.objective == "rtd" and cfg.rtd.discriminator_lr:
+        lr = {"lr": cfg.rtd.discriminator_lr}
+        return [("", decay), ("", no_decay), ("discriminator.", {**decay, **lr}), ("discriminator.", {**no_decay, **lr})]
+    return [("", decay), ("", no_decay)]
+
+
+def param_groups(model: torch.nn.Module, cfg) -> list[dict]:
+    settings = group_settings(cfg)
+    groups = [{"params": [], **options} for _, options in settings]
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if NO_DECAY.search(name) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            own = [i for i, (prefix, _) in enumerate(settings) if prefix and name.startswith(prefix)]
+            first = own[0] if own else 0
+            groups[first + (1 if NO_DECAY.search(name) else 0)]["params"].append(p)
+    return groups
 
 
 def repair_after_universal_load(engine, cfg) -> None:
@@ -25,8 +38,10 @@ def repair_after_universal_load(engine, cfg) -> None:
     one ``step`` tensor (AdamW increments it in place, once per group and step, so later groups would use the wrong
     bias correction). The groups are those of ``param_groups``, in its order."""
     optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer inside ZeRO's wrapper
-    for group, decay in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0)):
-        group["weight_decay"] = decay
+    for group, (_, settings) in zip(optimizer.param_groups, group_settings(cfg)):
+        group["weight_decay"] = settings["weight_decay"]
+        if "lr" in settings:
+            group["initial_lr"] = settings["lr"]
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()

@@ -6,14 +6,18 @@ import os
 
 from .metrics import read_metrics
 
-# file name -> (metric, y label)
-PLOTS = {"loss": ("loss", "MLM loss"), "accuracy": ("accuracy", "MLM accuracy"), "lr": ("lr", "learning rate"),
-         "throughput": ("tokens_per_s", "tokens / s")}
+# file name -> (metrics, y label); a figure is drawn when the run logged any of its metrics
+PLOTS = {"loss": (("loss",), "loss"), "accuracy": (("accuracy",), "MLM accuracy"), "lr": (("lr",), "learning rate"),
+         "throughput": (("tokens_per_s",), "tokens / s"),
+         # objective=rtd
+         "generator": (("generator_loss",), "generator MLM loss"),
+         "discriminator": (("auc", "precision", "recall", "discriminator_accuracy"), "discriminator")}
 
 
 def plot_run(run_dir, out_dir=None) -> list[str]:
-    """Write ``loss.png``, ``accuracy.png``, ``lr.png`` and ``throughput.png`` (train and, where logged,
-    validation curves) to ``out_dir`` (default ``<run_dir>/plots``); returns the paths."""
+    """Write ``loss.png``, ``lr.png``, ``throughput.png`` and ``accuracy.png`` (MLM) or ``generator.png`` and
+    ``discriminator.png`` (RTD): train and, where logged, validation curves, to ``out_dir`` (default
+    ``<run_dir>/plots``); returns the paths."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -26,13 +30,17 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
     out_dir = os.fspath(out_dir or os.path.join(run_dir, "plots"))
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for name, (key, label) in PLOTS.items():
+    for name, (keys, label) in PLOTS.items():
+        if not any(r.get(key) is not None for r in records for key in keys):
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for split in ("train", "validation"):
-            points = [(r["step"], r[key]) for r in records if r.get("split") == split and r.get(key) is not None]
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, label=split, marker="o" if split == "validation" else None, markersize=3)
+        for key in keys:
+            for split in ("train", "validation"):
+                points = [(r["step"], r[key]) for r in records if r.get("split") == split and r.get(key) is not None]
+                if points:
+                    steps, values = zip(*points)
+                    ax.plot(steps, values, label=split if len(keys) == 1 else f"{split} {key}",
+                            marker="o" if split == "validation" else None, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_title(f"{os.path.basename(os.path.abspath(run_dir))}: {label}")

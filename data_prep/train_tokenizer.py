@@ -1,0 +1,38 @@
+"""Train a vocabulary on a corpus: SentencePiece (v2/v3 ``spm.model``) or GPT-2 byte-level BPE (``bpe_encoder.bin``).
+
+    python data_prep/train_tokenizer.py output=vocab/pt kind=spm vocab_size=128000 source=text source.paths='[pt/*.txt]'
+    python data_prep/train_tokenizer.py output=vocab/code kind=gpt2-bpe vocab_size=50000 source=jsonl source.paths='[code/*.jsonl]'
+    python data_prep/prepare.py output=data/pt vocab=vocab/pt source=text source.paths='[pt/*.txt]'
+
+Settings: conf/data_prep/train_tokenizer.yaml and conf/data_prep/source/ (the same sources as prepare.py).
+"""
+
+import json
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deberta_pretrain.config import register_data_prep_configs  # noqa: E402
+from deberta_pretrain.data.vocab_training import train_vocabulary  # noqa: E402
+
+register_data_prep_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf/data_prep", config_name="train_tokenizer")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO)
+    try:
+        report = train_vocabulary(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except (OSError, ValueError) as e:  # bad paths, settings or input files: the message names them
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(report, indent=2))
+    print(f"wrote {os.path.abspath(cfg.output)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Everything a pretraining run checks and builds before its first step: the config, the data, the objective and
+its weights, the run directory, the DeepSpeed engine; and how a run is asked to stop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from .. import config as schema
+from ..data import ShardedDataset
+from ..data import shards
+from ..data.sampler import StepSampler
+from ..data.staging import stage_dataset, staged_path
+from ..deberta import ModelConfig
+from ..deberta.vocabulary import load_tokenizer, vocab_identity
+from ..fileio import write_json_atomic
+from ..objectives import build_objective
+from . import distributed, optim
+
+logger = logging.getLogger("deberta_pretrain")
+RUNTIME_MODEL_KEYS = ("init_from",)  # in the model group, but not part of the release config
+# Changing these between a run and its resumption would silently train something else.
+RESUME_KEYS = ("model", "data.path", "data.masking", "data.mask_prob", "data.max_ngram", "data.document_attention",
+               "seed", "train.global_batch_size", "precision", "objective", "rtd")
+STOP_FILE = "STOP"  # created in the run directory (by a user or launch/slurm/pretrain.sbatch) to stop the run
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1, or a ``STOP`` file in the run directory: the loop checkpoints at the next step boundary and
+    exits. The file works whatever launcher sits between the scheduler and the ranks (and whether it forwards
+    signals); only rank 0 looks for it, the decision is all-reduced."""
+
+    def __init__(self, run_dir: str, rank: int):
+        self.signalled = False
+        self.stop_file = os.path.join(run_dir, STOP_FILE) if rank == 0 else None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signalled = True
+        logger.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or bool(self.stop_file and os.path.exists(self.stop_file))
+
+
+def all_ranks_agree(error: str | None) -> None:
+    """Raise the first rank's error on every rank (so no rank is left waiting in a collective)."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, error)
+    errors = [e for e in gathered if e]
+    if errors:
+        raise SystemExit(f"error: {errors[0]}")
+
+
+def model_config_from(cfg) -> ModelConfig:
+    fields = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in RUNTIME_MODEL_KEYS:
+        fields.pop(key, None)
+    return ModelConfig.from_dict(fields).validate()
+
+
+def resume_fingerprint(cfg) -> dict:
+    out = {}
+    for key in RESUME_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if key == "model":
+            value = {k: v for k, v in OmegaConf.to_container(value).items() if k not in RUNTIME_MODEL_KEYS}
+        out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return out
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+class Run:
+    """Everything checked and built before the first step."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rank, self.world, self.local_rank = distributed.init_distributed()
+        self.on_gpu = not distributed.on_cpu()
+        self.device = torch.device(f"cuda:{self.local_rank}" if self.on_gpu else "cpu")
+        self.engine = None
+        for check in (self._locate_data, self._check_inputs):  # each ends with every rank agreeing
+            error = None
+            try:
+                check()
+            except (ValueError, OSError) as e:
+                error = f"{e}"
+            all_ranks_agree(error)
+        self.run_dir = os.path.abspath(os.path.join(cfg.output_root, cfg.name))
+        self.fingerprint = resume_fingerprint(cfg)
+
+    def _locate_data(self) -> None:
+        """Validate the config; with ``data.stage_dir``, the first rank of every node copies the data there."""
+        cfg = self.cfg
+        schema.validate(cfg)
+        if not os.path.isdir(cfg.data.path):
+            raise FileNotFoundError(f"data.path: {cfg.data.path} does not exist; prepare data with "
+                                    f"`python data_prep/prepare.py output={cfg.data.path} ...`")
+        self.data_path = cfg.data.path
+        if cfg.data.stage_dir:
+            self.data_path = staged_path(cfg.data.path, cfg.data.stage_dir)
+            if self.local_rank == 0:
+                stage_dataset(cfg.data.path, cfg.data.stage_dir)
+
+    def _check_inputs(self) -> None:
+        cfg = self.cfg
+        self.vocab_path = vocab_path = shards.vocab_path(self.data_path)
+        self.tokenizer = load_tokenizer(vocab_path)
+        vocab = vocab_identity(self.tokenizer)
+        # Hashing every shard once is enough: on rank 0, and on each node's first rank for node-local copies.
+        full = self.rank == 0 or (cfg.data.stage_dir and self.local_rank == 0)
+        verify = cfg.data.verify if full else ("size" if cfg.data.verify != "none" else "none")
+        self.train_set = ShardedDataset(self.data_path, "train", verify=verify, expected_vocab=vocab)
+        self.valid_set = ShardedDataset(self.data_path, "validation", verify=verify, expected_vocab=vocab)
+        length = self.train_set.max_seq_length
+        self.objective = build_objective(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
+        for name, model_config in self.objective.model_configs().items():
+            key = "model" if name == "model" else f"rtd.{name}"
+            if model_config.vocab_size < self.tokenizer.vocab_size:
+                raise ValueError(f"{key}.vocab_size ({model_config.vocab_size}) is smaller than the data's "
+                                 f"vocabulary ({self.tokenizer.vocab_size} ids in {vocab_path})")
+            if length > model_config.max_position_embeddings:
+                raise ValueError(f"blocks of {length} tokens exceed {key}.max_position_embeddings "
+                                 f"({model_config.max_position_embeddings})")
+        if cfg.data.max_seq_length is not None and cfg.data.max_seq_length != length:
+            raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length}, but {cfg.data.path} holds blocks of "
+                             f"{length} tokens; prepare the data again or drop the override")
+        optim.deepspeed_config(cfg, self.world, self.on_gpu)  # batch arithmetic and precision checks
+        StepSampler(max(len(self.train_set), 1), cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
+                    self.world, self.rank)
+        if len(self.train_set) == 0:
+            raise ValueError(f"data.path: {cfg.data.path} has no training samples")
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.objective.model_config
+
+    def prepare_run_dir(self) -> None:
+        if self.rank == 0:
+            os.makedirs(os.path.join(self.run_dir, ".hydra"), exist_ok=True)
+            OmegaConf.save(self.cfg, os.path.join(self.run_dir, ".hydra", "config.yaml"), resolve=True)
+            for name, model_config in self.objective.model_configs().items():
+                write_json_atomic(os.path.join(self.run_dir, f"{name}_config.json"), model_config.to_dict())
+            if os.path.exists(os.path.join(self.run_dir, STOP_FILE)):  # it stopped the previous start
+                os.remove(os.path.join(self.run_dir, STOP_FILE))
+            shutil.copyfile(self.vocab_path, os.path.join(self.run_dir, os.path.basename(self.vocab_path)))
+            handler = logging.FileHandler(os.path.join(self.run_dir, "train.log"))
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger().addHandler(handler)
+        dist.barrier()
+
+    def build_engine(self, load_universal: bool = False):
+        """A fresh engine; ``load_universal`` prepares it to load a checkpoint in DeepSpeed's universal form."""
+        import deepspeed  # noqa: PLC0415
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model = self.objective.build_model()
+        self.ds_config = optim.deepspeed_config(cfg, self.world, self.on_gpu)
+        if load_universal:
+            self.ds_config["checkpoint"] = {"load_universal": True}
+        groups = optim.param_groups(model, cfg)
+        if optim.uses_deepspeed_optimizer(cfg):
+            optimizer, scheduler = None, (lambda opt: optim.build_scheduler(opt, cfg))
+        else:
+            optimizer = optim.build_optimizer(groups, cfg, self.on_gpu)
+            scheduler = optim.build_scheduler(optimizer, cfg)
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
+                                               lr_scheduler=scheduler, config=self.ds_config)
+        self.engine = engine
+        self.accumulation = self.ds_config["gradient_accumulation_steps"]
+        return engine
