@@ -300,3 +300,70 @@ def register_data_prep_configs() -> None:
     store.store(name="train_tokenizer_schema", node=TrainTokenizerSchema)
     for name, node in SOURCE_SCHEMAS.items():
         store.store(group="source", name=f"{name}_schema", node=node)
+
+
+# ---- fine-tuning (conf/finetune.yaml) ------------------------------------------------------------------------
+@dataclass
+class FinetuneTrainSchema:
+    micro_batch_size: Optional[int] = MISSING
+    max_steps: Optional[int] = MISSING
+    eval_every: Optional[int] = MISSING
+    max_train_samples: Optional[int] = MISSING
+    max_eval_samples: Optional[int] = MISSING
+
+
+@dataclass
+class FinetuneOptimSchema:
+    weight_decay: float = MISSING
+    beta1: float = MISSING
+    beta2: float = MISSING
+    eps: float = MISSING
+
+
+@dataclass
+class FinetuneDeepSpeedSchema:
+    zero_stage: int = MISSING
+
+
+@dataclass
+class FinetuneWandbSchema:
+    mode: str = MISSING
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+
+
+@dataclass
+class FinetuneLoggingSchema:
+    progress_bar: bool = MISSING
+    wandb: FinetuneWandbSchema = field(default_factory=FinetuneWandbSchema)
+
+
+@dataclass
+class FinetuneSchema:
+    checkpoint: str = MISSING
+    output: Optional[str] = MISSING
+    seeds: list = MISSING
+    precision: str = MISSING
+    export: bool = MISSING
+    task: Any = None  # conf/task/<name>.yaml
+    suite: Any = None  # conf/suite/<name>.yaml
+    train: FinetuneTrainSchema = field(default_factory=FinetuneTrainSchema)
+    optim: FinetuneOptimSchema = field(default_factory=FinetuneOptimSchema)
+    deepspeed: FinetuneDeepSpeedSchema = field(default_factory=FinetuneDeepSpeedSchema)
+    logging: FinetuneLoggingSchema = field(default_factory=FinetuneLoggingSchema)
+
+
+def register_finetune_configs() -> None:
+    ConfigStore.instance().store(name="finetune_schema", node=FinetuneSchema)
+
+
+def validate_finetune(cfg) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"no value for {', '.join(missing)}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision: {cfg.precision!r} is not one of {PRECISIONS}")
+    if not cfg.seeds:
+        raise ValueError("seeds: at least one seed")
+    if cfg.task and cfg.suite:
+        raise ValueError("choose task= or suite=, not both")

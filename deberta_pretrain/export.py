@@ -85,12 +85,15 @@ def consolidated_state_dict(root: str, tag: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().float() for k, v in state.items()}
 
 
+HEAD_CLASSES = {"mlm": "ForMaskedLM", "rtd": "Model", "classification": "ForSequenceClassification"}
+
+
 def hf_config_dict(config: ModelConfig, dtype: str, head: str = "mlm") -> dict:
     """``config.json`` for Hugging Face; ``head`` mlm names the masked-LM class, rtd (a discriminator, whose head HF
-    has no class for) the base model."""
+    has no class for) the base model, classification the sequence classifier."""
     out = config.to_dict()
     v2 = config.is_v2
-    architecture = ("DebertaV2" if v2 else "Deberta") + ("ForMaskedLM" if head == "mlm" else "Model")
+    architecture = ("DebertaV2" if v2 else "Deberta") + HEAD_CLASSES[head]
     out.update(model_type="deberta-v2" if v2 else "deberta", legacy=False, pad_token_id=0,
                architectures=[architecture],
                torch_dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
@@ -133,8 +136,9 @@ def hf_bpe_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
 
 
 def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: str, dtype: str,
-                head: str = "mlm") -> None:
-    """Write ``state`` in format ``fmt`` (release, hf or all) with weights cast to ``dtype`` into ``folder``."""
+                head: str = "mlm", hf_extra: dict | None = None) -> None:
+    """Write ``state`` in format ``fmt`` (release, hf or all) with weights cast to ``dtype`` into ``folder``;
+    ``hf_extra`` goes into ``config.json`` (e.g. a classifier's labels)."""
     tensors = {k: v.to(DTYPES[dtype]).contiguous().clone() for k, v in state.items()}
     if fmt in ("release", "all"):
         torch.save(tensors, os.path.join(folder, "pytorch_model.bin"))
@@ -146,7 +150,7 @@ def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: s
 
         save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config_dict(config, dtype, head), f, indent=2, sort_keys=True)
+            json.dump({**hf_config_dict(config, dtype, head), **(hf_extra or {})}, f, indent=2, sort_keys=True)
         hf_tokenizer_files(tokenizer, folder)
 
 

@@ -34,3 +34,12 @@ def test_quickstart_script_learns(tmp_path):
     exported = set(os.listdir(run_dir / "export"))
     assert {"pytorch_model.bin", "model_config.json", "bpe_encoder.bin", "config.json", "model.safetensors",
             "vocab.json", "merges.txt"} <= exported
+    # fine-tuned on the built-in task: well above the majority class of its dev split
+    results = json.load(open(run_dir / "finetune" / "python-help" / "step_00000300" / "results.json"))
+    from deberta_pretrain.finetune.data import python_help_task
+
+    dev = [r["label"] for r in python_help_task("validation")]
+    majority = max(dev.count(label) for label in set(dev)) / len(dev)
+    accuracy = results["tasks"]["python-help"]["summary"]["accuracy"]["median"]
+    assert accuracy > majority + 0.08, (accuracy, majority)
+    assert "| python-help | accuracy |" in result.stdout

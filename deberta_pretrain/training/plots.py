@@ -1,4 +1,4 @@
-"""Plots of a run's ``metrics.jsonl`` (matplotlib, no display needed)."""
+"""Plots of a run's ``metrics.jsonl`` and of its checkpoints' fine-tuning scores (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,52 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-        path = os.path.join(out_dir, f"{name}.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(fig, os.path.join(out_dir, f"{name}.png")))
+    written += plot_finetune(run_dir, out_dir)
+    return written
+
+
+def save(fig, path: str) -> str:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def finetune_scores(run_dir) -> dict:
+    """{suite: {"task metric": [(pretraining step, median score), ...]}} from the fine-tuning results of the run's
+    checkpoints (``<run>/finetune/<suite>/step_N/results.json``)."""
+    import glob  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    scores: dict = {}
+    for path in sorted(glob.glob(os.path.join(os.fspath(run_dir), "finetune", "*", "step_*", "results.json"))):
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        for task, record in results["tasks"].items():
+            for metric, value in record["summary"].items():
+                scores.setdefault(results["suite"], {}).setdefault(f"{task} {metric}", []).append(
+                    (results["pretraining_step"], value["median"]))
+    return scores
+
+
+def plot_finetune(run_dir, out_dir) -> list[str]:
+    """``finetune-<suite>.png``: each task's dev score (median over seeds) against the pretraining step, for every
+    suite evaluated on the run's checkpoints."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    written = []
+    for suite, series in finetune_scores(run_dir).items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, points in sorted(series.items()):
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
+        ax.set_xlabel("pretraining step")
+        ax.set_ylabel("dev score")
+        ax.set_title(f"{os.path.basename(os.path.abspath(run_dir))}: {suite}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        written.append(save(fig, os.path.join(out_dir, f"finetune-{suite}.png")))
     return written

@@ -1,0 +1,1 @@
+"""Fine-tuning and downstream evaluation: GLUE-style sequence classification and regression from any checkpoint."""

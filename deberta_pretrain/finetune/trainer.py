@@ -1,0 +1,203 @@
+"""Fine-tune ``SequenceClassificationModel`` on one task with one seed, under DeepSpeed (one process or data
+parallel, any ZeRO stage, fp32/bf16/fp16), evaluating on the dev split(s) and keeping the best evaluation (early
+selection on the dev set, as upstream reports)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from ..deberta import ModelConfig, SequenceClassificationModel
+from ..training import optim
+from . import metrics
+from .data import encode, label_space, load_split
+
+logger = logging.getLogger("deberta_pretrain.finetune")
+
+
+def classifier_config(config: ModelConfig) -> ModelConfig:
+    """The encoder's config with upstream's GLUE pooling (no dropout inside the pooler, GELU)."""
+    fields = config.to_dict()
+    fields["pooling"] = {"dropout": 0.0, "hidden_act": "gelu"}
+    return ModelConfig.from_dict(fields)
+
+
+def subsample(records: list, limit, seed: int) -> list:
+    if not limit or len(records) <= limit:
+        return records
+    keep = np.sort(np.random.default_rng(seed).permutation(len(records))[:limit])
+    return [records[i] for i in keep]
+
+
+class TaskData:
+    """The encoded train and dev splits of a task, and its label space."""
+
+    def __init__(self, cfg, task, tokenizer):
+        recipe = task.recipe
+        max_train = task.get("max_train_samples") or cfg.train.max_train_samples
+        max_eval = task.get("max_eval_samples") or cfg.train.max_eval_samples
+        train = subsample(load_split(task, "train"), max_train, 0)
+        self.problem, self.labels = label_space(task, train)
+        self.num_labels = len(self.labels) or 1
+        self.metrics = list(task.metrics) if task.metrics else (
+            ["pearson", "spearman"] if self.problem == "regression" else ["accuracy", "f1"])
+        self.train = encode(train, task, tokenizer, recipe.max_length, self.labels)
+        self.dev = {split: encode(subsample(load_split(task, split), max_eval, 0), task, tokenizer,
+                                  recipe.max_length, self.labels) for split in task.eval_splits}
+
+
+def collate(data: dict, indices, use_segments: bool, regression: bool, device) -> dict:
+    length = max(len(data["input_ids"][i]) for i in indices)
+    ids = torch.zeros(len(indices), length, dtype=torch.long)
+    segments = torch.zeros_like(ids)
+    for row, i in enumerate(indices):
+        n = len(data["input_ids"][i])
+        ids[row, :n] = torch.tensor(data["input_ids"][i])
+        segments[row, :n] = torch.tensor(data["segments"][i])
+    labels = torch.tensor([data["labels"][i] for i in indices], dtype=torch.float32 if regression else torch.long)
+    batch = {"input_ids": ids, "input_mask": (ids > 0).long() | (torch.arange(length) == 0).long(),
+             "labels": labels}
+    if use_segments:
+        batch["type_ids"] = segments
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def build_engine(cfg, model, total_steps: int, batch_size: int, world: int, on_gpu: bool, lr: float, warmup: int):
+    import deepspeed  # noqa: PLC0415
+
+    micro = cfg.train.micro_batch_size or max(1, batch_size // world)
+    run = OmegaConf.create({
+        "objective": "finetune", "precision": cfg.precision,
+        "train": {"micro_batch_size": micro, "global_batch_size": batch_size, "gradient_clipping": 1.0,
+                  "max_steps": total_steps},
+        "optim": {"lr": lr, "warmup_steps": warmup, "schedule": "linear", "end_lr_ratio": 0.0,
+                  "weight_decay": cfg.optim.weight_decay, "beta1": cfg.optim.beta1, "beta2": cfg.optim.beta2,
+                  "eps": cfg.optim.eps},
+        "deepspeed": {"zero_stage": cfg.deepspeed.zero_stage, "offload": False, "extra": {}}})
+    ds_config = optim.deepspeed_config(run, world, on_gpu)
+    groups = optim.param_groups(model, run)
+    optimizer = optim.build_optimizer(groups, run, on_gpu)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
+                                           lr_scheduler=optim.build_scheduler(optimizer, run), config=ds_config)
+    return engine, ds_config["gradient_accumulation_steps"], micro
+
+
+def predict(engine, data: dict, micro: int, use_segments: bool, regression: bool, rank: int, world: int,
+            device) -> list:
+    """Predictions for every example of ``data``, in order, gathered from all ranks (each predicts a contiguous
+    shard; every rank runs the same number of forward passes, as ZeRO-3 requires)."""
+    n = len(data["input_ids"])
+    share = math.ceil(n / world)
+    mine = list(range(rank * share, min((rank + 1) * share, n)))
+    out = []
+    engine.eval()
+    with torch.no_grad():
+        for start in range(0, share, micro):
+            indices = mine[start:start + micro]
+            logits = engine(**collate(data, indices or [0], use_segments, regression, device))["logits"].float()
+            if indices:
+                out += (logits.view(-1) if regression else logits.argmax(-1)).tolist()
+    engine.train()
+    gathered = [None] * world
+    dist.all_gather_object(gathered, out)
+    return [p for part in gathered for p in part]
+
+
+def evaluate(engine, task, data: TaskData, micro, use_segments, rank, world, device) -> tuple[dict, dict]:
+    """(the task's metrics on each dev split (MNLI: ``accuracy_validation_matched`` ...; one split: plain names),
+    the predictions of each split)."""
+    regression = data.problem == "regression"
+    result, all_predictions = {}, {}
+    for split, dev in data.dev.items():
+        predictions = predict(engine, dev, micro, use_segments, regression, rank, world, device)
+        all_predictions[split] = predictions
+        labelled = [(p, y) for p, y in zip(predictions, dev["labels"]) if (y == y if regression else y >= 0)]
+        if not labelled:
+            raise ValueError(f"task {task.name}: split {split} has no labelled examples to evaluate on")
+        scores = metrics.compute(data.metrics, *zip(*labelled))
+        suffix = "" if len(data.dev) == 1 else f"_{split}"
+        result.update({f"{name}{suffix}": value for name, value in scores.items()})
+    return result, all_predictions
+
+
+def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, world: int, device,
+                  log=None) -> dict:
+    """Train one seed; returns the best dev evaluation (and its step), the last one, and the run's sizes."""
+    recipe = task.recipe
+    torch.manual_seed(seed)
+    model = SequenceClassificationModel(classifier_config(pretrained.config), num_labels=data.num_labels,
+                                        drop_out=recipe.cls_dropout)
+    encoder = {k: v for k, v in pretrained.state.items() if k.startswith("deberta.")}
+    result = model.load_state_dict(encoder, strict=False)
+    fresh = sorted(k for k in result.missing_keys if not k.startswith(("pooler.", "classifier.")))
+    if fresh:
+        raise ValueError(f"checkpoint {cfg.checkpoint} lacks encoder weights: {fresh[:5]}...")
+    n = len(data.train["input_ids"])
+    batch_size = int(recipe.batch_size)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = cfg.train.max_steps or int(math.ceil(recipe.epochs * steps_per_epoch))
+    on_gpu = device.type == "cuda"
+    engine, accumulation, micro = build_engine(cfg, model, total, batch_size, world, on_gpu, recipe.lr,
+                                               recipe.warmup_steps)
+    use_segments = pretrained.config.type_vocab_size > 0
+    regression = data.problem == "regression"
+    eval_every = cfg.train.eval_every or steps_per_epoch
+    best, last, losses = None, None, []
+    bar = None
+    if rank == 0 and cfg.logging.progress_bar:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=total, desc=f"{task.name} seed {seed}", dynamic_ncols=True)
+    for step in range(total):
+        epoch, position = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        batch = order[position * batch_size:(position + 1) * batch_size]
+        if len(batch) < batch_size:  # the epoch's last, short batch is filled from its start
+            batch = np.concatenate([batch, order[:batch_size - len(batch)]])
+        torch.manual_seed(seed * 1_000_003 + step * 7919 + rank)  # dropout: per step and rank
+        loss_sum = torch.zeros((), device=device)
+        for k in range(accumulation):
+            first = (rank * accumulation + k) * micro
+            out = engine(**collate(data.train, batch[first:first + micro].tolist(), use_segments, regression, device))
+            engine.backward(out["loss"])
+            engine.step()
+            loss_sum += out["loss"].detach().float()
+        losses.append(loss_sum / accumulation)
+        if bar is not None:
+            bar.update(1)
+        if (step + 1) % eval_every == 0 or step + 1 == total:
+            scores, predictions = evaluate(engine, task, data, micro, use_segments, rank, world, device)
+            last = {"step": step + 1, **scores}
+            last["train_loss"] = float(torch.stack(losses).mean())  # read once per evaluation
+            losses = []
+            score = metrics.selection_score(last, _metric_keys(task, data), task.selection)
+            if best is None or score > best["selection_score"]:
+                best = {**last, "selection_score": score, "predictions": predictions}
+                if cfg.export and rank == 0:
+                    best_state = {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+            if log is not None:
+                log({"task": task.name, "seed": seed, **last})
+            if rank == 0:
+                logger.info("%s seed %d step %d: %s", task.name, seed, step + 1,
+                            ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step"))
+            if bar is not None:
+                bar.set_postfix(**{k: f"{v:.4f}" for k, v in last.items() if k not in ("step",)})
+    if bar is not None:
+        bar.close()
+    out = {"seed": seed, "best": best, "last": last, "steps": total, "train_examples": n,
+           "num_labels": data.num_labels, "problem": data.problem}
+    if cfg.export and rank == 0:
+        out["state"] = best_state
+    engine.destroy()
+    return out
+
+
+def _metric_keys(task, data: TaskData) -> list[str]:
+    if len(data.dev) == 1:
+        return list(data.metrics)
+    return [f"{name}_{split}" for split in data.dev for name in data.metrics]

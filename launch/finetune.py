@@ -1,0 +1,44 @@
+"""Fine-tune a checkpoint on GLUE tasks or your own data and print (and write) a score table.
+
+    python launch/finetune.py checkpoint=outputs/quickstart task=sst2
+    deepspeed launch/finetune.py checkpoint=release/v3b suite=glue precision=bf16
+    python launch/finetune.py checkpoint=deberta-v3-base task=custom task.train=my/train.jsonl \
+        task.validation=my/dev.jsonl task.text_fields='[question,passage]' task.label_field=label
+    python launch/finetune.py checkpoint=outputs/base1/checkpoints/step_00100000 suite=glue-small
+
+Configs: conf/finetune.yaml, conf/task/*.yaml (upstream's recipes), conf/suite/*.yaml.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deberta_pretrain.training.distributed import prepare_argv  # noqa: E402
+
+prepare_argv()  # the deepspeed launcher's --local_rank must go before Hydra parses the command line
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from deberta_pretrain.config import register_finetune_configs, validate_finetune  # noqa: E402
+
+register_finetune_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="finetune")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from deberta_pretrain.finetune.suite import run_finetune  # noqa: PLC0415
+
+    try:
+        validate_finetune(cfg)
+        run_finetune(cfg)
+    except (OSError, ValueError) as e:  # bad checkpoint, task files or settings: the message names them
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
