@@ -286,7 +286,7 @@ def targets(throughput_result: dict) -> dict:
             throughput_result.get("report", {}).get("rows", [])}
     out = {}
     at512 = rows.get(512, {})
-    best = max((r for k, r in at512.items() if k != "hf" and "tokens_per_s" in r),
+    best = max((r for k, r in at512.items() if k != "hf" and "-rtd-" not in k and "tokens_per_s" in r),
                key=lambda r: r["tokens_per_s"], default=None)
     if best:
         out["best_at_512"] = best["model"]
@@ -303,6 +303,9 @@ def targets(throughput_result: dict) -> dict:
         if "tokens_per_s" in flash and "tokens_per_s" in sdpa:
             faster[length] = round(flash["tokens_per_s"] / sdpa["tokens_per_s"], 3)
     out["flash_over_sdpa"] = faster
+    rtd = rows.get(512, {}).get("ours-rtd-flash", {})
+    if "tokens_per_s" in rtd:  # objective=rtd: discriminator tokens/s and MFU (generator + discriminator FLOPs)
+        out["rtd_tokens_per_s_at_512"], out["rtd_mfu_at_512"] = rtd["tokens_per_s"], rtd.get("mfu")
     return out
 
 

@@ -4,8 +4,9 @@
     python launch/export.py checkpoint=outputs/base1/checkpoints/step_00010000 output=release/base1-10k format=hf
     python launch/export.py checkpoint=outputs/base1 output=release/base1 format=release dtype=bf16 overwrite=true
 
-format: release (pytorch_model.bin + model_config.json + bpe_encoder.bin), hf (config.json + model.safetensors +
-vocab.json/merges.txt), or all (both, in one directory; default). dtype: fp32 (default), bf16, fp16.
+format: release (pytorch_model.bin + model_config.json + the vocabulary), hf (config.json + model.safetensors +
+tokenizer files), or all (both, in one directory; default). dtype: fp32 (default), bf16, fp16. An objective=rtd run
+exports its discriminator to output/ and its generator to output/generator/.
 """
 
 import os

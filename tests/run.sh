@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 . launch/setup_env.sh dev
 export DS_ACCELERATOR="${DS_ACCELERATOR:-$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}"
 export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec python -m pytest "$@"
+exec python -m pytest --durations=25 "$@"

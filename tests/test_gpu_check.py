@@ -29,7 +29,7 @@ def test_dry_run_runs_every_step_and_writes_the_results_folder(tmp_path):
     assert steps["gpu_tests"]["counts"]["skipped"] >= 1
     rows = steps["throughput"]["report"]["rows"]
     assert [row["length"] for row in rows] == [32, 64]
-    assert {r["model"] for r in rows[0]["results"]} == {"ours-flash", "ours-sdpa", "ours-eager", "hf"}
+    assert {r["model"] for r in rows[0]["results"]} == {"ours-flash", "ours-sdpa", "ours-eager", "ours-rtd-flash", "hf"}
     runs = steps["pretrain"]["runs"]
     assert runs["flash"]["status"] == "ok"
     assert runs["flash"]["metrics"]["last_loss"] < runs["flash"]["metrics"]["first_loss"]
@@ -48,6 +48,7 @@ def test_targets_are_read_from_the_throughput_report():
                                      "peak_memory_per_token_kib": 10.0},
                                     {"model": "ours-sdpa", "tokens_per_s": 200.0, "speedup_vs_hf": 2.0, "mfu": 0.33,
                                      "peak_memory_per_token_kib": 20.0},
+                                    {"model": "ours-rtd-flash", "tokens_per_s": 900.0, "mfu": 0.4},
                                     {"model": "hf", "tokens_per_s": 100.0}]},
         {"length": 8192, "results": [{"model": "ours-flash", "tokens_per_s": 150.0, "peak_memory_per_token_kib": 12.0},
                                      {"model": "ours-sdpa", "error": "out of memory"}]}]}
@@ -56,6 +57,7 @@ def test_targets_are_read_from_the_throughput_report():
     assert goals["memory_per_token_8192_over_512_ours-flash"] == 1.2
     assert "memory_per_token_8192_over_512_ours-sdpa" not in goals
     assert goals["flash_over_sdpa"] == {512: 1.5}
+    assert goals["rtd_tokens_per_s_at_512"] == 900.0 and goals["rtd_mfu_at_512"] == 0.4  # not "best": another task
 
 
 def test_a_run_is_judged_by_its_metrics():

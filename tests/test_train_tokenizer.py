@@ -72,7 +72,9 @@ def test_sampling_bounds_the_training_text_and_errors_leave_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spm"]  # no temporary folder left behind
 
 
-def test_command_line_and_data_prep_with_the_trained_vocabulary(tmp_path):
+@pytest.mark.slow
+def test_command_line_data_prep_and_pretraining_with_the_trained_vocabulary(tmp_path):
+    """The README's commands: train a vocabulary, prepare data with it, pretrain a few steps on it."""
     result = subprocess.run([sys.executable, "data_prep/train_tokenizer.py", f"output={tmp_path / 'v'}",
                              "kind=gpt2-bpe", "vocab_size=800"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -83,3 +85,8 @@ def test_command_line_and_data_prep_with_the_trained_vocabulary(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["vocab"]["size"] == 800 and manifest["vocab"]["special_ids"]["mask"] == 799
+    from pretrain_helpers import assert_trained, run_pretrain, tiny_overrides
+
+    run_pretrain(tiny_overrides(tmp_path / "d", tmp_path, "run", **{"model.vocab_size": 800}))
+    assert_trained(tmp_path / "run")
+    assert (tmp_path / "run" / "bpe_encoder.bin").read_bytes() == (tmp_path / "v" / "bpe_encoder.bin").read_bytes()
