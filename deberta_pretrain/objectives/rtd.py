@@ -19,6 +19,7 @@ from ..training import metrics
 from .base import Objective, ratio, uses_emd
 from .mlm import max_predictions, mlm_collator
 
+
 def generator_config(cfg, discriminator: ModelConfig) -> ModelConfig:
     """The discriminator's config with half its depth (upstream's recipes), then every ``rtd.generator.*`` key."""
     fields = discriminator.to_dict()
@@ -47,6 +48,9 @@ class RTDCollator:
 
 
 class RTDObjective(Objective):
+    """Generator + discriminator as one model (:class:`RTDModel`); the train loss is the mean of the micro-batch
+    losses, the validation loss ``generator_loss + lambda x discriminator_loss`` with both token-weighted."""
+
     name = "rtd"
     stat_names = RTD_STATS + ("micro_batches",)
     progress_keys = ("generator_loss", "discriminator_accuracy")
