@@ -37,7 +37,7 @@ def split_corpus(source: dict, sample_mb: float, held_out_fraction: float, seed:
     size = total_bytes(source)
     keep = 1.0 if not size else min(1.0, budget / size)
     rng = random.Random(seed)
-    train, held_out, taken, read = [], [], 0, 0
+    train, held_out, taken, held, read = [], [], 0, 0, 0
     bar = None
     if progress:
         from tqdm import tqdm  # noqa: PLC0415
@@ -50,8 +50,9 @@ def split_corpus(source: dict, sample_mb: float, held_out_fraction: float, seed:
             bar.update(n)
         digest = int.from_bytes(hashlib.sha256(document.encode("utf-8")).digest()[:8], "big")
         if digest / 2**64 < held_out_fraction:
-            if sum(map(len, held_out)) < budget / 10:
+            if held < budget / 10:
                 held_out.append(document)
+                held += n
             continue
         if taken < budget and rng.random() < keep:
             train.append(document)

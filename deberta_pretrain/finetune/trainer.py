@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from ..deberta import ModelConfig, SequenceClassificationModel
 from ..training import optim
+from ..training.run import step_seed
 from . import metrics
 from .data import encode, label_space, load_split
 
@@ -159,7 +160,7 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
         batch = order[position * batch_size:(position + 1) * batch_size]
         if len(batch) < batch_size:  # the epoch's last, short batch is filled from its start
             batch = np.concatenate([batch, order[:batch_size - len(batch)]])
-        torch.manual_seed(seed * 1_000_003 + step * 7919 + rank)  # dropout: per step and rank
+        torch.manual_seed(step_seed(seed, rank, step))  # dropout: per step and rank, as in pretraining
         loss_sum = torch.zeros((), device=device)
         for k in range(accumulation):
             first = (rank * accumulation + k) * micro
