@@ -345,6 +345,7 @@ class FinetuneSchema:
     seeds: list = MISSING
     precision: str = MISSING
     export: bool = MISSING
+    from_scratch: bool = MISSING
     task: Any = None  # conf/task/<name>.yaml
     suite: Any = None  # conf/suite/<name>.yaml
     train: FinetuneTrainSchema = field(default_factory=FinetuneTrainSchema)

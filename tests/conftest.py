@@ -13,7 +13,15 @@ os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# The longest test files (minutes of subprocess runs each) go first: tests/run.sh hands whole files to its workers in
+# collection order, and a long file started last would leave the other workers idle at the end.
+LONGEST_FIRST = ("test_quickstart.py", "test_pretrain.py", "test_rtd_pretrain.py", "test_elastic_resume.py",
+                 "test_faults.py", "test_multinode.py", "test_finetune.py", "test_export.py", "test_gpu_check.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

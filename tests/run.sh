@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 . launch/setup_env.sh dev
 export DS_ACCELERATOR="${DS_ACCELERATOR:-$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}"
 export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec python -m pytest --durations=25 "$@"
+# Test files run side by side, one worker per core (longest first, see conftest.py); TEST_WORKERS=0 runs them in
+# this process, one after another.
+exec python -m pytest -n "${TEST_WORKERS:-auto}" --dist loadfile --durations=25 "$@"

@@ -233,3 +233,27 @@ def test_two_processes_give_the_first_update_of_one(encoder, tmp_path):
                            initial["deberta.encoder.layer.0.attention.self.query_proj.weight"])  # it did update
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_the_word_order_task_cannot_be_solved_from_word_counts():
+    """python-help-order's classes hold the same words: a bag-of-words classifier (scikit-learn) stays at chance,
+    while the word order itself (bigram counts) carries the label."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from deberta_pretrain.finetune.data import python_help_order_task
+
+    train, dev = python_help_order_task("train"), python_help_order_task("validation")
+    assert not {r["sentence"] for r in train} & {r["sentence"] for r in dev}
+    assert abs(sum(r["label"] == "shuffled" for r in dev) / len(dev) - 0.5) < 0.05
+    majority = max(sum(r["label"] == label for r in dev) for label in ("original", "shuffled")) / len(dev)
+
+    def accuracy(ngrams):
+        vectorizer = CountVectorizer(ngram_range=ngrams, token_pattern=r"\S+", lowercase=False)
+        classifier = LogisticRegression(max_iter=2000, C=1.0)
+        classifier.fit(vectorizer.fit_transform([r["sentence"] for r in train]), [r["label"] for r in train])
+        predicted = classifier.predict(vectorizer.transform([r["sentence"] for r in dev]))
+        return float(np.mean(predicted == np.array([r["label"] for r in dev])))
+
+    assert accuracy((1, 1)) < majority + 0.05
+    assert accuracy((2, 2)) > majority + 0.1

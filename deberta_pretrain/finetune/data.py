@@ -44,6 +44,37 @@ def python_help_task(split: str) -> list[dict]:
     return records
 
 
+def python_help_order_task(split: str) -> list[dict]:
+    """Sentences (8 words or more) of every help topic, half of them with the words after the first shuffled:
+    labelled ``original`` or ``shuffled``. Both classes hold the same tokens, so word counts cannot tell them
+    apart: the task needs the word-order knowledge that pretraining brings. A fifth is the validation split."""
+    import hashlib  # noqa: PLC0415
+    import random  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    from deberta_pretrain.data.sources import python_help_topics  # noqa: PLC0415
+
+    records, seen = [], set()
+    for topic in python_help_topics():
+        for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", topic):
+            words = sentence.split()
+            sentence = " ".join(words)
+            if len(words) < 8 or sentence in seen or not re.search(r"[a-z]{3}", sentence):
+                continue
+            seen.add(sentence)
+            digest = int(hashlib.sha256(sentence.encode()).hexdigest(), 16)
+            if (digest % 5 == 0) != (split != "train"):
+                continue
+            label = "original"
+            if digest // 5 % 2:
+                rest, rng = words[1:], random.Random(digest)
+                while rest == words[1:]:
+                    rest = rng.sample(words[1:], len(rest))
+                sentence, label = " ".join([words[0], *rest]), "shuffled"
+            records.append({"sentence": sentence, "label": label})
+    return records
+
+
 def _builder(path: str) -> tuple[str, dict]:
     extension = os.path.splitext(path)[1].lower()
     if extension not in EXTENSIONS:
@@ -57,6 +88,8 @@ def load_split(task, split: str) -> list[dict]:
 
     if task.source == "python-help":
         return python_help_task(split)
+    if task.source == "python-help-order":
+        return python_help_order_task(split)
     if task.source == "files":
         path = task.get(split)
         if not path:

@@ -3,7 +3,8 @@ median and spread over seeds, written as ``results.json`` and ``results.md`` and
 
 Results go to ``<run dir>/finetune/<suite>/step_<N>/`` for a checkpoint of one of our runs (so that several
 pretraining steps can be compared, and pruning old checkpoints keeps them), else to ``<model folder>/finetune/
-<suite>/``; ``output=`` overrides. Each finished task is saved as ``<task>.json`` at once: an interrupted suite
+<suite>/``; ``from_scratch=true`` (the same model freshly initialised) to ``.../finetune/<suite>/from_scratch/``;
+``output=`` overrides. Each finished task is saved as ``<task>.json`` at once: an interrupted suite
 run again skips the tasks it finished with the same settings.
 """
 
@@ -45,7 +46,8 @@ def suite_tasks(cfg) -> tuple[str, list]:
 def settings_hash(cfg, task, pretrained) -> str:
     settings = {"task": OmegaConf.to_container(task, resolve=True), "seeds": list(cfg.seeds),
                 "train": OmegaConf.to_container(cfg.train, resolve=True), "precision": cfg.precision,
-                "checkpoint": os.path.abspath(str(cfg.checkpoint)), "step": pretrained.step}
+                "checkpoint": os.path.abspath(str(cfg.checkpoint)), "step": pretrained.step,
+                "from_scratch": cfg.from_scratch}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -58,8 +60,9 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def markdown(results: dict) -> str:
+    step = "none (from scratch)" if results["from_scratch"] else results["pretraining_step"]
     lines = [f"# {results['suite']}: {results['checkpoint']}", "",
-             f"pretraining step: {results['pretraining_step']}; seeds: {results['seeds']}; best dev evaluation per "
+             f"pretraining step: {step}; seeds: {results['seeds']}; best dev evaluation per "
              f"seed, median (min-max) over seeds", "", "| task | metric | median | min | max |", "|---|---|---|---|---|"]
     for name, task in results["tasks"].items():
         for metric, value in task["summary"].items():
@@ -72,6 +75,8 @@ def output_folder(cfg, suite: str, pretrained) -> str:
     if cfg.output:
         return os.path.abspath(cfg.output)
     folder = os.path.join(pretrained.where, "finetune", suite)
+    if cfg.from_scratch:
+        return os.path.join(folder, "from_scratch")
     return os.path.join(folder, f"step_{pretrained.step:08d}") if pretrained.step is not None else folder
 
 
@@ -93,8 +98,8 @@ def run_finetune(cfg) -> dict:
                                config=OmegaConf.to_container(cfg, resolve=True))
         log = (lambda record: wandb_run.log({f"{record['task']}/{k}": v for k, v in record.items()
                                              if isinstance(v, (int, float))}))
-    results = {"suite": suite, "checkpoint": os.path.abspath(str(cfg.checkpoint)),
-               "pretraining_step": pretrained.step, "seeds": list(cfg.seeds), "tasks": {}}
+    results = {"suite": suite, "checkpoint": os.path.abspath(str(cfg.checkpoint)), "from_scratch": cfg.from_scratch,
+               "pretraining_step": None if cfg.from_scratch else pretrained.step, "seeds": list(cfg.seeds), "tasks": {}}
     for task in tasks:
         task_file = os.path.join(out, f"{task.name}.json")
         digest = settings_hash(cfg, task, pretrained)

@@ -133,11 +133,12 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
     torch.manual_seed(seed)
     model = SequenceClassificationModel(classifier_config(pretrained.config), num_labels=data.num_labels,
                                         drop_out=recipe.cls_dropout)
-    encoder = {k: v for k, v in pretrained.state.items() if k.startswith("deberta.")}
-    result = model.load_state_dict(encoder, strict=False)
-    fresh = sorted(k for k in result.missing_keys if not k.startswith(("pooler.", "classifier.")))
-    if fresh:
-        raise ValueError(f"checkpoint {cfg.checkpoint} lacks encoder weights: {fresh[:5]}...")
+    if not cfg.from_scratch:
+        encoder = {k: v for k, v in pretrained.state.items() if k.startswith("deberta.")}
+        result = model.load_state_dict(encoder, strict=False)
+        fresh = sorted(k for k in result.missing_keys if not k.startswith(("pooler.", "classifier.")))
+        if fresh:
+            raise ValueError(f"checkpoint {cfg.checkpoint} lacks encoder weights: {fresh[:5]}...")
     n = len(data.train["input_ids"])
     batch_size = int(recipe.batch_size)
     steps_per_epoch = math.ceil(n / batch_size)
