@@ -8,4 +8,4 @@ export DS_ACCELERATOR="${DS_ACCELERATOR:-$(python -c 'import torch; print("cuda"
 export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Test files run side by side, one worker per core (longest first, see conftest.py); TEST_WORKERS=0 runs them in
 # this process, one after another.
-exec python -m pytest -n "${TEST_WORKERS:-auto}" --dist loadfile --durations=25 "$@"
+exec python -m pytest -n "${TEST_WORKERS:-auto}" --dist loadfile --no-loadscope-reorder --durations=25 "$@"

@@ -20,7 +20,7 @@ def test_quickstart_script_learns(tmp_path):
     env = dict(os.environ, DATA=str(tmp_path / "python-help"), OUTPUTS=str(tmp_path / "outputs"),
                DS_ACCELERATOR="cpu", WANDB_MODE="offline")
     result = subprocess.run(["bash", "launch/quickstart.sh", "logging.progress_bar=false"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     run_dir = tmp_path / "outputs" / "quickstart"
     validation = [r for r in read_metrics(run_dir) if r["split"] == "validation"]
@@ -48,8 +48,8 @@ def test_quickstart_script_learns(tmp_path):
     from_scratch = finetune_accuracy(run_dir / "finetune" / "python-help-order" / "from_scratch")
     dev = [r["label"] for r in python_help_order_task("validation")]
     majority = max(dev.count(label) for label in set(dev)) / len(dev)
-    assert accuracy > majority + 0.1, (accuracy, majority)
-    assert from_scratch < accuracy - 0.1, (from_scratch, accuracy)
+    assert accuracy > majority + 0.2, (accuracy, majority)  # measured 0.854 vs 0.513
+    assert from_scratch < accuracy - 0.2, (from_scratch, accuracy)  # measured 0.499
 
 
 def finetune_accuracy(folder) -> float:

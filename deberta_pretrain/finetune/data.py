@@ -59,7 +59,7 @@ def python_help_order_task(split: str) -> list[dict]:
         for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", topic):
             words = sentence.split()
             sentence = " ".join(words)
-            if len(words) < 8 or sentence in seen or not re.search(r"[a-z]{3}", sentence):
+            if len(words) < 8 or len(set(words[1:])) < 2 or sentence in seen or not re.search(r"[a-z]{3}", sentence):
                 continue
             seen.add(sentence)
             digest = int(hashlib.sha256(sentence.encode()).hexdigest(), 16)

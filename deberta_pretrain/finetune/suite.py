@@ -62,8 +62,8 @@ def summarize(runs: list[dict]) -> dict:
 def markdown(results: dict) -> str:
     step = "none (from scratch)" if results["from_scratch"] else results["pretraining_step"]
     lines = [f"# {results['suite']}: {results['checkpoint']}", "",
-             f"pretraining step: {step}; seeds: {results['seeds']}; best dev evaluation per "
-             f"seed, median (min-max) over seeds", "", "| task | metric | median | min | max |", "|---|---|---|---|---|"]
+             f"pretraining step: {step}; seeds: {results['seeds']}; best dev evaluation per seed, median (min-max) "
+             f"over seeds", "", "| task | metric | median | min | max |", "|---|---|---|---|---|"]
     for name, task in results["tasks"].items():
         for metric, value in task["summary"].items():
             lines.append(f"| {name} | {metric} | {100 * value['median']:.2f} | {100 * value['min']:.2f} | "

@@ -61,34 +61,43 @@ def save(fig, path: str) -> str:
     return path
 
 
-def finetune_scores(run_dir) -> dict:
+def finetune_scores(run_dir, baseline: bool = False) -> dict:
     """{suite: {"task metric": [(pretraining step, median score), ...]}} from the fine-tuning results of the run's
-    checkpoints (``<run>/finetune/<suite>/step_N/results.json``)."""
+    checkpoints (``<run>/finetune/<suite>/step_N/results.json``); with ``baseline``, {suite: {"task metric": median
+    score}} of the from-scratch runs (``<run>/finetune/<suite>/from_scratch/results.json``)."""
     import glob  # noqa: PLC0415
     import json  # noqa: PLC0415
 
     scores: dict = {}
-    for path in sorted(glob.glob(os.path.join(os.fspath(run_dir), "finetune", "*", "step_*", "results.json"))):
+    folders = "from_scratch" if baseline else "step_*"
+    for path in sorted(glob.glob(os.path.join(os.fspath(run_dir), "finetune", "*", folders, "results.json"))):
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
         for task, record in results["tasks"].items():
             for metric, value in record["summary"].items():
-                scores.setdefault(results["suite"], {}).setdefault(f"{task} {metric}", []).append(
-                    (results["pretraining_step"], value["median"]))
+                series = scores.setdefault(results["suite"], {})
+                if baseline:
+                    series[f"{task} {metric}"] = value["median"]
+                else:
+                    series.setdefault(f"{task} {metric}", []).append((results["pretraining_step"], value["median"]))
     return scores
 
 
 def plot_finetune(run_dir, out_dir) -> list[str]:
     """``finetune-<suite>.png``: each task's dev score (median over seeds) against the pretraining step, for every
-    suite evaluated on the run's checkpoints."""
+    suite evaluated on the run's checkpoints, with the from-scratch score as a dashed line where one was run."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     written = []
+    baselines = finetune_scores(run_dir, baseline=True)
     for suite, series in finetune_scores(run_dir).items():
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, points in sorted(series.items()):
             steps, values = zip(*sorted(points))
-            ax.plot(steps, values, marker="o", markersize=3, label=label)
+            line, = ax.plot(steps, values, marker="o", markersize=3, label=label)
+            if label in baselines.get(suite, {}):
+                ax.axhline(baselines[suite][label], linestyle="--", color=line.get_color(), linewidth=1,
+                           label=f"{label}, from scratch")
         ax.set_xlabel("pretraining step")
         ax.set_ylabel("dev score")
         ax.set_title(f"{os.path.basename(os.path.abspath(run_dir))}: {suite}")
