@@ -260,7 +260,7 @@ def test_the_word_order_task_cannot_be_solved_from_word_counts():
 
 
 def test_scores_are_plotted_against_the_pretraining_step_with_the_from_scratch_baseline(tmp_path):
-    from deberta_pretrain.training.plots import finetune_scores, plot_finetune
+    from deberta_pretrain.training.plots import finetune_baselines, finetune_scores, plot_finetune
 
     def results(folder, step, accuracy):
         path = tmp_path / "finetune" / "glue-small" / folder
@@ -273,7 +273,7 @@ def test_scores_are_plotted_against_the_pretraining_step_with_the_from_scratch_b
     results("step_00000100", 100, 0.6)
     results("from_scratch", None, 0.5)
     assert finetune_scores(tmp_path) == {"glue-small": {"rte accuracy": [(100, 0.6), (200, 0.7)]}}
-    assert finetune_scores(tmp_path, baseline=True) == {"glue-small": {"rte accuracy": 0.5}}
+    assert finetune_baselines(tmp_path) == {"glue-small": {"rte accuracy": 0.5}}
     (tmp_path / "plots").mkdir()
     [png] = plot_finetune(tmp_path, tmp_path / "plots")
     assert os.path.basename(png) == "finetune-glue-small.png" and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

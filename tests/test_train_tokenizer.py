@@ -91,4 +91,5 @@ def test_command_line_data_prep_and_pretraining_with_the_trained_vocabulary(tmp_
     assert_trained(tmp_path / "run")
     from deberta_pretrain.deberta.gpt2_vocab import load_bpe_encoder
 
-    assert load_bpe_encoder(tmp_path / "run" / "bpe_encoder.bin") == load_bpe_encoder(tmp_path / "v" / "bpe_encoder.bin")
+    trained = load_bpe_encoder(tmp_path / "v" / "bpe_encoder.bin")
+    assert load_bpe_encoder(tmp_path / "run" / "bpe_encoder.bin") == trained

@@ -25,19 +25,24 @@ PYTHON_HELP_FAMILIES = {
 }
 
 
+def help_sentences(text: str) -> list[str]:
+    """The sentences and paragraphs of a help topic, whitespace normalised."""
+    import re  # noqa: PLC0415
+
+    return [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+|\n\s*\n", text)]
+
+
 def python_help_task(split: str) -> list[dict]:
     """Sentences (6 words or more) of the help topics in :data:`PYTHON_HELP_FAMILIES`, labelled with the family;
     a fifth of them (by a hash of the sentence) is the validation split."""
     import hashlib  # noqa: PLC0415
-    import re  # noqa: PLC0415
 
     from pydoc_data.topics import topics  # noqa: PLC0415
 
     records = []
     for family, names in PYTHON_HELP_FAMILIES.items():
         for name in names:
-            for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", topics[name]):
-                sentence = " ".join(sentence.split())
+            for sentence in help_sentences(topics[name]):
                 held_out = int(hashlib.sha256(sentence.encode()).hexdigest(), 16) % 5 == 0
                 if len(sentence.split()) >= 6 and held_out == (split != "train"):
                     records.append({"sentence": sentence, "label": family})
@@ -56,9 +61,8 @@ def python_help_order_task(split: str) -> list[dict]:
 
     records, seen = [], set()
     for topic in python_help_topics():
-        for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", topic):
+        for sentence in help_sentences(topic):
             words = sentence.split()
-            sentence = " ".join(words)
             if len(words) < 8 or len(set(words[1:])) < 2 or sentence in seen or not re.search(r"[a-z]{3}", sentence):
                 continue
             seen.add(sentence)

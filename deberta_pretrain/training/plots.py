@@ -61,26 +61,35 @@ def save(fig, path: str) -> str:
     return path
 
 
-def finetune_scores(run_dir, baseline: bool = False) -> dict:
-    """{suite: {"task metric": [(pretraining step, median score), ...]}} from the fine-tuning results of the run's
-    checkpoints (``<run>/finetune/<suite>/step_N/results.json``); with ``baseline``, {suite: {"task metric": median
-    score}} of the from-scratch runs (``<run>/finetune/<suite>/from_scratch/results.json``)."""
+def _finetune_medians(run_dir, folders: str):
+    """(suite, "task metric", pretraining step, median score) of every ``<run>/finetune/<suite>/<folders>/
+    results.json``."""
     import glob  # noqa: PLC0415
     import json  # noqa: PLC0415
 
-    scores: dict = {}
-    folders = "from_scratch" if baseline else "step_*"
     for path in sorted(glob.glob(os.path.join(os.fspath(run_dir), "finetune", "*", folders, "results.json"))):
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
         for task, record in results["tasks"].items():
             for metric, value in record["summary"].items():
-                series = scores.setdefault(results["suite"], {})
-                if baseline:
-                    series[f"{task} {metric}"] = value["median"]
-                else:
-                    series.setdefault(f"{task} {metric}", []).append((results["pretraining_step"], value["median"]))
+                yield results["suite"], f"{task} {metric}", results["pretraining_step"], value["median"]
+
+
+def finetune_scores(run_dir) -> dict:
+    """{suite: {"task metric": [(pretraining step, median score), ...]}} from the fine-tuning results of the run's
+    checkpoints (``<run>/finetune/<suite>/step_N/results.json``)."""
+    scores: dict = {}
+    for suite, label, step, median in _finetune_medians(run_dir, "step_*"):
+        scores.setdefault(suite, {}).setdefault(label, []).append((step, median))
     return scores
+
+
+def finetune_baselines(run_dir) -> dict:
+    """{suite: {"task metric": median score}} of the from-scratch runs (``<run>/finetune/<suite>/from_scratch/``)."""
+    baselines: dict = {}
+    for suite, label, _, median in _finetune_medians(run_dir, "from_scratch"):
+        baselines.setdefault(suite, {})[label] = median
+    return baselines
 
 
 def plot_finetune(run_dir, out_dir) -> list[str]:
@@ -89,7 +98,7 @@ def plot_finetune(run_dir, out_dir) -> list[str]:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     written = []
-    baselines = finetune_scores(run_dir, baseline=True)
+    baselines = finetune_baselines(run_dir)
     for suite, series in finetune_scores(run_dir).items():
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, points in sorted(series.items()):
