@@ -1,4 +1,4 @@
-"""Prepare training data: text -> GPT2-BPE ids -> packed blocks -> shards + manifest.json.
+"""Prepare training data: text -> token ids (GPT-2 BPE or SentencePiece) -> packed blocks -> shards + manifest.json.
 
     python data_prep/prepare.py output=data/python-help max_seq_length=128
     python data_prep/prepare.py output=data/wiki source=text source.paths='[wiki/*.txt]' num_proc=8
@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deberta_pretrain.config import register_data_prep_configs  # noqa: E402
+from deberta_pretrain.config import PrepareSchema, check_data_prep_keys, register_data_prep_configs  # noqa: E402
 from deberta_pretrain.data.prepare import prepare  # noqa: E402
 
 register_data_prep_configs()
@@ -25,10 +25,14 @@ register_data_prep_configs()
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO)
     try:
+        check_data_prep_keys(cfg, PrepareSchema)
         manifest = prepare(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except (OSError, ValueError) as e:  # bad paths, settings or input files: the message names them
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished segments in {cfg.output} are kept; the same command resumes", file=sys.stderr)
+        sys.exit(130)
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['num_samples']} blocks of {manifest['max_seq_length']} tokens, "
               f"{info['num_tokens']} tokens, {info['num_documents']} documents, {len(info['shards'])} shards")

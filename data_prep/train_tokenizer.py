@@ -16,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deberta_pretrain.config import register_data_prep_configs  # noqa: E402
+from deberta_pretrain.config import (  # noqa: E402
+    TrainTokenizerSchema, check_data_prep_keys, register_data_prep_configs)
 from deberta_pretrain.data.vocab_training import train_vocabulary  # noqa: E402
 
 register_data_prep_configs()
@@ -26,10 +27,14 @@ register_data_prep_configs()
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO)
     try:
+        check_data_prep_keys(cfg, TrainTokenizerSchema)
         report = train_vocabulary(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except (OSError, ValueError) as e:  # bad paths, settings or input files: the message names them
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"interrupted: {cfg.output} is as it was", file=sys.stderr)
+        sys.exit(130)
     print(json.dumps(report, indent=2))
     print(f"wrote {os.path.abspath(cfg.output)}")
 

@@ -9,7 +9,7 @@ is consolidation plus serialisation:
 * **hf** (Hugging Face ``from_pretrained``): ``config.json`` (``model_type`` ``deberta``/``deberta-v2`` with
   ``legacy: false`` so the release MLM head loads), ``model.safetensors``, and tokenizer files: for GPT-2 BPE
   ``vocab.json`` mapping BPE strings to *model* ids, ``merges.txt``, ``tokenizer_config.json``; for SentencePiece
-  ``spm.model`` with the config of ``DebertaV2Tokenizer``.
+  ``spm.model`` and a ``tokenizer.json`` that reproduces the ids the model was trained on (byte fallback included).
 
 A run of ``objective=rtd`` exports its discriminator (what users fine-tune: ``deberta.*`` with the shared embedding
 tables merged, plus ``mask_predictions.*``) and, in ``generator/`` beside it, its generator as an MLM.
@@ -17,7 +17,8 @@ tables merged, plus ``mask_predictions.*``) and, in ``generator/`` beside it, it
 ``format=all`` writes both into one directory: their file names do not collide, so the same directory loads into
 either. Weights are consolidated from a DeepSpeed checkpoint of any ZeRO stage: stage 0 keeps the module's state
 whole; stages 1-3 are merged to fp32 master weights by DeepSpeed's ``zero_to_fp32``. The output is written to a
-temporary directory and renamed into place when complete.
+temporary directory and renamed into place when complete; an existing output is replaced (``overwrite=true``) only
+when it is an earlier export (it holds ``export.json``), never a run directory or a folder of other files.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from __future__ import annotations
 import glob
 import json
 import os
+import warnings
 
 import torch
 
 from .deberta import GPT2Tokenizer, ModelConfig
 from .deberta.rtd import merged_tables
 from .deberta.vocabulary import find_vocab, load_tokenizer, tokenizer_kind
-from .fileio import staged_folder, write_json_atomic
-from .training.checkpoint import checkpoint_problem, checkpoint_tags, usable_checkpoints
+from .fileio import claim_output, staged_folder, write_json_atomic
+from .training.checkpoint import checkpoint_problem, checkpoint_tags, is_run_directory, usable_checkpoints
 
 FORMATS = ("release", "hf", "all")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,6 +49,9 @@ def find_checkpoint(path) -> tuple[str, str, str]:
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
+    if is_run_directory(path) and not checkpoint_tags(os.path.join(path, "checkpoints")):
+        raise ValueError(f"checkpoint: {path} is a run directory with no checkpoint yet (the first is written after "
+                         f"train.checkpoint_every steps, or when the run is stopped)")
     if os.path.isdir(os.path.join(path, "checkpoints")):
         path = os.path.join(path, "checkpoints")
     if checkpoint_tags(path):
@@ -102,16 +107,31 @@ def hf_config_dict(config: ModelConfig, dtype: str, head: str = "mlm") -> dict:
 
 
 def hf_tokenizer_files(tokenizer, folder: str) -> None:
-    """The tokenizer files Hugging Face's ``AutoTokenizer`` reads: for SentencePiece, ``spm.model`` and the config of
-    ``DebertaV2Tokenizer``; for GPT-2 BPE, see :func:`hf_bpe_tokenizer_files`."""
+    """The tokenizer files Hugging Face's ``AutoTokenizer`` reads: for SentencePiece, ``spm.model`` and a
+    ``tokenizer.json`` that gives the ids the model was trained on (:mod:`.deberta.hf_spm`); for GPT-2 BPE, see
+    :func:`hf_bpe_tokenizer_files`."""
     if tokenizer_kind(tokenizer) == "spm":
-        tokenizer.save_pretrained(folder)
+        from .deberta.hf_spm import write_tokenizer_json  # noqa: PLC0415
+
+        tokenizer.save_pretrained(folder)  # spm.model, for the slow tokenizer
         with open(os.path.join(folder, "special_tokens_map.json"), "w", encoding="utf-8") as f:
             json.dump(HF_SPECIAL_TOKENS, f, indent=2)
+        try:
+            differing = write_tokenizer_json(tokenizer, folder)
+            # Not DebertaV2Tokenizer: transformers 5 rebuilds its pipeline without byte fallback, whatever
+            # tokenizer.json says; PreTrainedTokenizerFast (4 and 5) runs tokenizer.json as it is.
+            config = {"tokenizer_class": "PreTrainedTokenizerFast",
+                      "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
+        except ValueError as e:
+            warnings.warn(f"no tokenizer.json ({e}): Hugging Face's DebertaV2Tokenizer may give other ids than the "
+                          f"model was trained on", stacklevel=2)
+            differing, config = [], {"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": tokenizer.do_lower_case,
+                                     "split_by_punct": tokenizer.split_by_punct, "vocab_type": "spm"}
+        if differing:
+            warnings.warn(f"tokenizer.json gives other ids than the model was trained on for {len(differing)} check "
+                          f"text(s), e.g. {differing[0]!r}", stacklevel=2)
         with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump({"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": tokenizer.do_lower_case,
-                       "split_by_punct": tokenizer.split_by_punct, "vocab_type": "spm", "model_max_length": 512,
-                       **HF_SPECIAL_TOKENS}, f, indent=2)
+            json.dump({**config, "model_max_length": 512, **HF_SPECIAL_TOKENS}, f, indent=2)
         return
     hf_bpe_tokenizer_files(tokenizer, folder)
 
@@ -161,8 +181,7 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     output = os.path.abspath(os.fspath(output))
-    if os.path.isdir(output) and os.listdir(output) and not overwrite:
-        raise FileExistsError(f"output: {output} exists and is not empty; pass overwrite=true to replace it")
+    claim_output(output, "export.json", "export", overwrite)
     root, tag, run_dir = find_checkpoint(checkpoint)
     vocab_file = find_vocab(run_dir)
     for name, path in (("model_config.json", os.path.join(run_dir, "model_config.json")),

@@ -14,17 +14,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-KEYS = {"checkpoint", "output", "format", "dtype", "overwrite"}
+KEYS = ("checkpoint", "output", "format", "dtype", "overwrite")
 USAGE = ("usage: python launch/export.py checkpoint=<run dir or checkpoint dir> output=<dir> "
          "[format=release|hf|all] [dtype=fp32|bf16|fp16] [overwrite=true]")
 
 
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = [a for a in argv if "=" not in a] + sorted(set(args) - KEYS)
-    missing = sorted({"checkpoint", "output"} - set(args))
-    if unknown or missing:
-        print(f"{USAGE}\n(unknown: {' '.join(unknown) or '-'}; missing: {' '.join(missing) or '-'})", file=sys.stderr)
+    from deberta_pretrain.config_keys import parse_arguments  # noqa: PLC0415
+
+    args, problems = parse_arguments(argv, KEYS, required=("checkpoint", "output"))
+    if problems:
+        print(f"{USAGE}\n{'; '.join(problems)}", file=sys.stderr)
         return 2
     overwrite = args.get("overwrite", "false").lower()
     if overwrite not in ("true", "false"):

@@ -21,7 +21,7 @@ prepare_argv()  # the deepspeed launcher's --local_rank must go before Hydra par
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from deberta_pretrain.config import register_finetune_configs, validate_finetune  # noqa: E402
+from deberta_pretrain.config import check_finetune_keys, register_finetune_configs  # noqa: E402
 
 register_finetune_configs()
 
@@ -33,11 +33,14 @@ def main(cfg: DictConfig) -> None:
     from deberta_pretrain.finetune.suite import run_finetune  # noqa: PLC0415
 
     try:
-        validate_finetune(cfg)
+        check_finetune_keys(cfg)  # the rest is checked by run_finetune before anything is loaded
         run_finetune(cfg)
     except (OSError, ValueError) as e:  # bad checkpoint, task files or settings: the message names them
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: tasks that finished are kept and skipped by the same command", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

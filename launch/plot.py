@@ -9,17 +9,24 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deberta_pretrain.config_keys import parse_arguments  # noqa: E402
 from deberta_pretrain.training.plots import plot_run  # noqa: E402
 
 
+KEYS = ("run", "out")
+
+
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = [a for a in argv if "=" not in a] + sorted(set(args) - {"run", "out"})
-    if unknown or "run" not in args:
-        print(f"usage: python launch/plot.py run=<run dir> [out=<dir>]  (unexpected: {' '.join(unknown)})",
-              file=sys.stderr)
+    args, problems = parse_arguments(argv, KEYS, required=("run",))
+    if problems:
+        print(f"usage: python launch/plot.py run=<run dir> [out=<dir>]\n{'; '.join(problems)}", file=sys.stderr)
         return 2
-    for path in plot_run(args["run"], args.get("out")):
+    try:
+        written = plot_run(args["run"], args.get("out"))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for path in written:
         print(f"wrote {path}")
     return 0
 

@@ -1,10 +1,11 @@
-"""DeBERTa MLM pretraining under DeepSpeed, configured with Hydra.
+"""DeBERTa pretraining (MLM or replaced-token detection) under DeepSpeed, configured with Hydra.
 
     deepspeed launch/pretrain.py name=run1 data.path=data/wiki model=deberta-base deepspeed=zero2
     torchrun --nproc_per_node 8 launch/pretrain.py name=run1 ...
     python launch/pretrain.py experiment=quickstart            # one process (CPU or one GPU)
 
-Running again with the same name resumes from the last complete checkpoint in outputs/<name>/checkpoints.
+Running again with the same name resumes from the last complete checkpoint in outputs/<name>/checkpoints. Ctrl-C,
+SIGTERM or SIGUSR1 checkpoint at the end of the current step and stop (a second Ctrl-C exits at once).
 Configs: conf/pretrain.yaml and its groups; every key is in the README.
 """
 
@@ -31,7 +32,11 @@ def main(cfg: DictConfig) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from deberta_pretrain.training.trainer import pretrain
 
-    pretrain(cfg)
+    try:
+        pretrain(cfg)
+    except KeyboardInterrupt:  # Ctrl-C before the first step (once training runs, the trainer handles it)
+        print("interrupted during start-up; no checkpoint was written by this start", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,14 @@ def python_help_64(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def spm_model_dir(tmp_path_factory):
+    """A folder holding ``spm.model``, trained by :func:`train_spm` once per test process."""
+    folder = tmp_path_factory.mktemp("spm")
+    train_spm(folder / "spm.model")
+    return folder
+
+
 def train_spm(path, byte_fallback=True, vocab_size=3000, extra_pieces=0):
     """A SentencePiece unigram model trained on the python-help text in DeBERTa v3's layout ([PAD] [CLS] [SEP] [UNK]
     as pieces 0-3, byte fallback); ``extra_pieces`` user-defined pieces come next, pushing the text's pieces to high

@@ -99,15 +99,6 @@ def test_a_full_disk_while_saving_stops_with_the_path_and_cause(data, tmp_path):
     assert [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"] == [1, 2, 3, 4]
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path):
-    result = run_pretrain(tiny_overrides(data, tmp_path, "run"), env=fault_env("nan-loss@3"), check=False)
-    run_dir = tmp_path / "run"
-    assert result.returncode != 0
-    assert "the training loss is not finite at step 3" in result.stdout + result.stderr
-    assert latest(run_dir) == "step_00000002" and not os.path.exists(checkpoint_dir(run_dir, 4))
-    assert all(torch.isfinite(t).all() for t in module_state(run_dir, 2).values())
-
-
 def test_a_non_finite_loss_with_skip_drops_that_update_and_counts_it(data, tmp_path):
     overrides = tiny_overrides(data, tmp_path, "run", **{"deepspeed.zero_stage": 2, "train.on_nonfinite": "skip",
                                                           "train.checkpoint_every": 1, "train.keep_last": 4})

@@ -84,7 +84,7 @@ def test_continue_pretraining_an_hf_folder_and_export_it(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "export.py"), f"checkpoint={run_dir}",
                              f"output={export}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.load(open(export / "tokenizer_config.json"))["tokenizer_class"] == "DebertaV2Tokenizer"
+    assert os.path.isfile(export / "tokenizer.json")  # our ids, byte fallback included (tests/test_hf_spm_export.py)
     ours = SPMTokenizer(export / "spm.model")
     theirs = transformers.AutoTokenizer.from_pretrained(str(export))
     text = "Return the value of the named attribute of object."

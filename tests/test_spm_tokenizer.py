@@ -14,10 +14,8 @@ spm = pytest.importorskip("sentencepiece")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("spm")
-    train_spm(folder / "spm.model")
-    return folder
+def model_dir(spm_model_dir):
+    return spm_model_dir
 
 
 @pytest.fixture(scope="module")

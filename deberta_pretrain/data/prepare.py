@@ -1,4 +1,5 @@
-"""Data prep: documents -> token ids (GPT-2 BPE or SentencePiece) -> packed ``[CLS] ... [SEP]`` blocks -> shards + ``manifest.json``.
+"""Data prep: documents -> token ids (GPT-2 BPE or SentencePiece) -> packed ``[CLS] ... [SEP]`` blocks -> shards +
+``manifest.json``.
 
 The source is read once, in order, and cut into *segments* of about ``segment_mb`` MB of text. Each segment is
 tokenized and packed on its own (in ``num_proc`` worker processes) into one train and one validation shard;
@@ -22,10 +23,10 @@ import os
 import shutil
 
 from .. import __version__
-from ..deberta.vocabulary import VOCAB_FILES, identity_file, load_tokenizer, vocab_identity
-from ..fileio import atomic_write, write_json_atomic
+from ..deberta.vocabulary import identity_file, load_tokenizer, vocab_identity
+from ..fileio import atomic_write, claim_output, replace_folder, write_json_atomic
 from .packing import PACKING_MODES, pack_documents
-from .shards import MANIFEST, SPLITS, VERIFIED, shard_name
+from .shards import MANIFEST, SPLITS, shard_name
 from .sources import iter_documents, total_bytes
 
 logger = logging.getLogger(__name__)
@@ -126,35 +127,49 @@ def _check_settings(cfg: dict) -> None:
         raise ValueError(f"segment_mb must be > 0, got {cfg['segment_mb']}")
 
 
-def _clear_prepared(output: str) -> None:
-    """Remove what an earlier prepare wrote (and nothing else): manifest first, so a half-cleared directory is never
-    taken for prepared data."""
-    for name in (MANIFEST, VERIFIED, *VOCAB_FILES.values()):
-        if os.path.exists(os.path.join(output, name)):
-            os.remove(os.path.join(output, name))
-    for split in SPLITS:
-        for file in glob.glob(os.path.join(output, f"{split}-[0-9][0-9][0-9][0-9][0-9].bin")):
-            os.remove(file)
-    shutil.rmtree(os.path.join(output, WORK_DIR), ignore_errors=True)
+def _read_settings(folder: str) -> dict | None:
+    """The settings of the prepare that wrote ``folder`` (an empty dict if it left only a manifest), or None when
+    ``folder`` is not prepared data."""
+    settings_file = os.path.join(folder, WORK_DIR, "settings.json")
+    if not (os.path.isfile(settings_file) or os.path.isfile(os.path.join(folder, MANIFEST))):
+        return None
+    try:
+        with open(settings_file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
-def _start_output(output: str, settings: dict, overwrite: bool) -> None:
-    settings_file = os.path.join(output, WORK_DIR, "settings.json")
-    if os.path.isfile(settings_file) or os.path.isfile(os.path.join(output, MANIFEST)):
-        try:
-            with open(settings_file, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if old != settings:
-            if not overwrite:
-                changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-                raise FileExistsError(f"{output} holds data prepared with other settings ({', '.join(changed)}); "
-                                      f"pass overwrite=true to replace it, or choose another output=")
-            _clear_prepared(output)
+def _work_folder(output: str, settings: dict, overwrite: bool) -> str:
+    """Where this prepare writes: ``output`` itself when it is new, empty or holds this very preparation (a re-run
+    resumes it); a folder beside it when it holds data prepared with other settings and ``overwrite`` is set (it is
+    renamed over ``output`` when complete, so a failure half way leaves the old data intact). Anything else is
+    refused, naming what is there."""
+    claim_output(output, (MANIFEST, os.path.join(WORK_DIR, "settings.json")), "prepared dataset",
+                 overwrite=True)  # refuses any folder that is not prepared data
+    old = _read_settings(output) if os.path.isdir(output) else None
+    if old is None or old == settings:
+        return output
+    if not overwrite:
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise FileExistsError(f"{output} holds data prepared with other settings ({', '.join(changed)}); "
+                              f"pass overwrite=true to replace it, or choose another output=")
+    staging = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.replacing")
+    if _read_settings(staging) not in (None, settings):  # an interrupted replacement with yet other settings
+        shutil.rmtree(staging)
+    return staging
+
+
+def _start_output(work: str, settings: dict) -> None:
+    os.makedirs(work, exist_ok=True)
+    write_json_atomic(os.path.join(work, WORK_DIR, "settings.json"), settings)
+
+
+def _unpublish(output: str) -> None:
+    """Remove the manifest before the first shard changes: the folder is in the making until the new one exists.
+    (A re-run that changes nothing, or fails before changing anything, leaves a prepared dataset as it was.)"""
     if os.path.exists(os.path.join(output, MANIFEST)):
-        os.remove(os.path.join(output, MANIFEST))  # the directory is in the making until the new manifest exists
-    write_json_atomic(settings_file, settings)
+        os.remove(os.path.join(output, MANIFEST))
 
 
 def _run_segments(tasks, num_proc: int, done) -> None:
@@ -179,29 +194,47 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
     """Prepare the data described by ``cfg`` (the keys of ``conf/data_prep/prepare.yaml``); returns the manifest.
 
     Re-running with the same settings resumes (finished segments are kept); other settings in the same ``output``
-    need ``overwrite=True``.
+    need ``overwrite=True`` and replace it only once the new data is complete. A folder that is not prepared data
+    is never written into. A first attempt that fails (bad input, no text) leaves ``output`` as it was.
     """
     _check_settings(cfg)
     output = os.path.abspath(os.fspath(cfg["output"]))
     source = dict(cfg["source"])
     documents = iter_documents(source)  # checks the source (paths, type) before anything is written
     tokenizer = load_tokenizer(cfg.get("vocab"), cfg.get("tokenizer"), engine=cfg.get("engine", "auto"))
-    vocab = vocab_identity(tokenizer)
-    vocab_file = identity_file(vocab)
-    length, packing = int(cfg["max_seq_length"]), cfg["packing"]
-    settings = {"format": FORMAT, "source": source, "vocab": vocab, "max_seq_length": length, "packing": packing,
+    settings = {"format": FORMAT, "source": source, "vocab": vocab_identity(tokenizer),
+                "max_seq_length": int(cfg["max_seq_length"]), "packing": cfg["packing"],
                 "validation_fraction": float(cfg["validation_fraction"]), "segment_mb": float(cfg["segment_mb"])}
-    os.makedirs(output, exist_ok=True)
-    _start_output(output, settings, bool(cfg.get("overwrite", False)))
-    tokenizer.save_pretrained(os.path.join(output, vocab_file))
-    _TOKENIZERS[(os.path.join(output, vocab_file), cfg.get("engine", "auto"))] = tokenizer  # inherited by workers
-    dtype = storage_dtype(tokenizer.vocab_size)
+    work = _work_folder(output, settings, bool(cfg.get("overwrite", False)))
+    existed = os.path.isdir(work)
+    fresh = not existed or not os.listdir(work)
+    try:
+        manifest = _prepare_into(work, cfg, settings, documents, tokenizer, progress)
+    except Exception:
+        if fresh:  # nothing of an earlier attempt was there: leave the folder as it was before this command
+            shutil.rmtree(work, ignore_errors=True)
+            if existed:
+                os.makedirs(work)
+        raise
+    if work != output:
+        replace_folder(work, output)
+    return manifest
 
+
+def _prepare_into(output: str, cfg: dict, settings: dict, documents, tokenizer, progress: bool) -> dict:
+    """Tokenize and pack ``documents`` into ``output`` (segments already there and unchanged are kept); the
+    manifest is written last."""
+    _start_output(output, settings)
+    vocab_file, engine = identity_file(settings["vocab"]), cfg.get("engine", "auto")
+    tokenizer.save_pretrained(os.path.join(output, vocab_file))
+    _TOKENIZERS[(os.path.join(output, vocab_file), engine)] = tokenizer  # inherited by workers
+    dtype = storage_dtype(tokenizer.vocab_size)
     bar = None
     if progress:
         from tqdm import tqdm  # noqa: PLC0415
 
-        bar = tqdm(total=total_bytes(source), unit="B", unit_scale=True, desc=f"prepare {os.path.basename(output)}")
+        name = os.path.basename(os.fspath(cfg["output"]))
+        bar = tqdm(total=total_bytes(settings["source"]), unit="B", unit_scale=True, desc=f"prepare {name}")
     records: list[dict] = []
     skipped = 0
 
@@ -218,10 +251,11 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
                 skipped += 1
                 finished(record)  # records are sorted by index at the end
                 continue
+            _unpublish(output)
             yield {"output": output, "index": index, "documents": texts, "num_bytes": num_bytes,
-                   "input_sha256": digest, "engine": cfg.get("engine", "auto"), "vocab_file": vocab_file,
-                   "max_seq_length": length,
-                   "packing": packing, "validation_fraction": settings["validation_fraction"], "dtype": dtype}
+                   "input_sha256": digest, "engine": engine, "vocab_file": vocab_file,
+                   "max_seq_length": settings["max_seq_length"], "packing": settings["packing"],
+                   "validation_fraction": settings["validation_fraction"], "dtype": dtype}
 
     try:
         _run_segments(tasks(), int(cfg.get("num_proc", 1)), finished)
@@ -234,7 +268,7 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
     _remove_segments_from(output, len(records))
     manifest = _manifest(records, settings, dtype)
     if manifest["splits"]["train"]["num_samples"] == 0:
-        raise ValueError(f"the source gave no training text ({source}); nothing was written to {output}")
+        raise ValueError(f"the source gave no training text ({settings['source']})")
     write_json_atomic(os.path.join(output, MANIFEST), manifest)
     return manifest
 
@@ -246,6 +280,7 @@ def _remove_segments_from(output: str, first: int) -> None:
     for file in (f for p in pattern for f in glob.glob(p)):
         digits = os.path.basename(file).rsplit("-", 1)[-1].split(".")[0]
         if digits.isdigit() and int(digits) >= first:
+            _unpublish(output)
             os.remove(file)
 
 

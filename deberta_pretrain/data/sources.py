@@ -34,24 +34,41 @@ def expand_paths(patterns) -> list[str]:
     return files
 
 
+def read_lines(file: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, with line ends as text mode gives them ("\r\n" and "\r" end a
+    line as "\n" does). Each line is decoded on its own (a text-mode file decodes in blocks), so text that is not
+    UTF-8 is named by its line."""
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file}: line {number} is not UTF-8 text ({e.reason}: {raw[e.start:e.end]!r}); "
+                                 f"convert the file first, e.g. with iconv -t utf-8") from None
+            *ended, rest = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            for line in ended:
+                yield number, line + "\n"
+            if rest:
+                yield number, rest
+
+
 def _text_documents(files, separator: str) -> Iterator[str]:
     if separator not in ("line", "blank_line"):
         raise ValueError(f"source.doc_separator must be 'line' or 'blank_line', got {separator!r}")
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            paragraph = []
-            for line in f:
-                line = line.rstrip("\n")
-                if separator == "line":
-                    if line.strip():
-                        yield line
-                elif line.strip():
-                    paragraph.append(line)
-                elif paragraph:
-                    yield "\n".join(paragraph)
-                    paragraph = []
-            if paragraph:
+        paragraph = []
+        for _, line in read_lines(file):
+            line = line.rstrip("\n")
+            if separator == "line":
+                if line.strip():
+                    yield line
+            elif line.strip():
+                paragraph.append(line)
+            elif paragraph:
                 yield "\n".join(paragraph)
+                paragraph = []
+        if paragraph:
+            yield "\n".join(paragraph)
 
 
 def _field(record, field: str, where: str) -> str:
@@ -65,17 +82,16 @@ def _field(record, field: str, where: str) -> str:
 
 def _jsonl_documents(files, field: str) -> Iterator[str]:
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{file}:{number}: not JSON: {e}") from e
-                text = _field(record, field, f"{file}:{number}")
-                if text.strip():
-                    yield text
+        for number, line in read_lines(file):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file}:{number}: not JSON: {e}") from e
+            text = _field(record, field, f"{file}:{number}")
+            if text.strip():
+                yield text
 
 
 def _parquet_documents(files, field: str) -> Iterator[str]:

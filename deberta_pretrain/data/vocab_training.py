@@ -22,7 +22,7 @@ import logging
 import os
 import random
 
-from ..fileio import staged_folder, write_json_atomic
+from ..fileio import claim_output, staged_folder, write_json_atomic
 from .sources import iter_documents, total_bytes
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,10 @@ def train_gpt2_bpe(documents: list[str], vocab_size: int, folder: str) -> str:
                                   show_progress=False)
     tokenizer.train_from_iterator(documents, trainer=trainer)
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in _merges_of(tokenizer)]
+    if len(merges) < merges_wanted:  # the text has no more pairs to merge: the trainer stops early
+        logger.warning("the corpus supports only %d merges, not %d: the vocabulary has %d ids instead of "
+                       "vocab_size=%d (train on more text, or ask for fewer)", len(merges), merges_wanted,
+                       vocab_size - merges_wanted + len(merges), vocab_size)
     encoder = {char: i for i, char in enumerate(bytes_to_unicode().values())}
     for first, second in merges:
         encoder.setdefault(first + second, len(encoder))
@@ -141,8 +145,7 @@ def train_vocabulary(cfg: dict, progress: bool = True) -> dict:
         raise ValueError(f"kind: {kind!r} is not one of {KINDS}")
     if cfg["vocab_size"] < 300:
         raise ValueError(f"vocab_size must be at least 300, got {cfg['vocab_size']}")
-    if os.path.isdir(output) and os.listdir(output) and not cfg.get("overwrite"):
-        raise FileExistsError(f"output: {output} exists and is not empty; pass overwrite=true to replace it")
+    claim_output(output, "report.json", "vocabulary of train_tokenizer.py", bool(cfg.get("overwrite")))
     train, held_out, read = split_corpus(cfg["source"], cfg["sample_mb"], cfg["held_out_fraction"], cfg["seed"],
                                          progress)
     logger.info("training a %s vocabulary of %d on %d documents (%.1f MB of %.1f MB read)", kind,

@@ -15,6 +15,7 @@ from ..deberta.loading import load_model_state
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
 from ..deberta.rtd import merged_tables
 from ..deberta.vocabulary import find_vocab, load_tokenizer
+from ..training.checkpoint import is_run_directory
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Pretrained:
 
 
 def is_run_checkpoint(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isfile(os.path.join(path, "complete.json")) \
+    return is_run_directory(path) or os.path.isfile(os.path.join(path, "complete.json")) \
         or os.path.isfile(os.path.join(path, "latest"))
 
 

@@ -16,7 +16,7 @@ from ..deberta import ModelConfig, SequenceClassificationModel
 from ..training import optim
 from ..training.run import step_seed
 from . import metrics
-from .data import encode, label_space, load_split
+from .data import encode, load_task
 
 logger = logging.getLogger("deberta_pretrain.finetune")
 
@@ -28,28 +28,31 @@ def classifier_config(config: ModelConfig) -> ModelConfig:
     return ModelConfig.from_dict(fields)
 
 
-def subsample(records: list, limit, seed: int) -> list:
-    if not limit or len(records) <= limit:
-        return records
-    keep = np.sort(np.random.default_rng(seed).permutation(len(records))[:limit])
-    return [records[i] for i in keep]
+def subsample(n: int, limit, seed: int) -> list[int]:
+    """The indices of a deterministic subset of ``limit`` of ``n`` records (all where ``limit`` is unset)."""
+    if not limit or n <= limit:
+        return list(range(n))
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit]).tolist()
+
+
+def encode_split(split, task, tokenizer, limit) -> dict:
+    keep = subsample(len(split.records), limit, 0)
+    return encode([split.records[i] for i in keep], task, tokenizer, task.recipe.max_length,
+                  [split.targets[i] for i in keep])
 
 
 class TaskData:
-    """The encoded train and dev splits of a task, and its label space."""
+    """The encoded train and dev splits of a task, its label space and dev metrics; every split is read and checked
+    first (:func:`~.data.load_task`)."""
 
     def __init__(self, cfg, task, tokenizer):
-        recipe = task.recipe
+        loaded = load_task(task)
+        self.problem, self.labels, self.metrics = loaded.problem, loaded.labels, loaded.metrics
+        self.num_labels = len(self.labels) or 1
         max_train = task.get("max_train_samples") or cfg.train.max_train_samples
         max_eval = task.get("max_eval_samples") or cfg.train.max_eval_samples
-        train = subsample(load_split(task, "train"), max_train, 0)
-        self.problem, self.labels = label_space(task, train)
-        self.num_labels = len(self.labels) or 1
-        self.metrics = list(task.metrics) if task.metrics else (
-            ["pearson", "spearman"] if self.problem == "regression" else ["accuracy", "f1"])
-        self.train = encode(train, task, tokenizer, recipe.max_length, self.labels)
-        self.dev = {split: encode(subsample(load_split(task, split), max_eval, 0), task, tokenizer,
-                                  recipe.max_length, self.labels) for split in task.eval_splits}
+        self.train = encode_split(loaded.train, task, tokenizer, max_train)
+        self.dev = {name: encode_split(split, task, tokenizer, max_eval) for name, split in loaded.dev.items()}
 
 
 def collate(data: dict, indices, use_segments: bool, regression: bool, device) -> dict:
@@ -114,13 +117,10 @@ def evaluate(engine, task, data: TaskData, micro, use_segments, rank, world, dev
     the predictions of each split)."""
     regression = data.problem == "regression"
     result, all_predictions = {}, {}
-    for split, dev in data.dev.items():
+    for split, dev in data.dev.items():  # every dev label was checked when the data was loaded
         predictions = predict(engine, dev, micro, use_segments, regression, rank, world, device)
         all_predictions[split] = predictions
-        labelled = [(p, y) for p, y in zip(predictions, dev["labels"]) if (y == y if regression else y >= 0)]
-        if not labelled:
-            raise ValueError(f"task {task.name}: split {split} has no labelled examples to evaluate on")
-        scores = metrics.compute(data.metrics, *zip(*labelled))
+        scores = metrics.compute(data.metrics, predictions, dev["labels"])
         suffix = "" if len(data.dev) == 1 else f"_{split}"
         result.update({f"{name}{suffix}": value for name, value in scores.items()})
     return result, all_predictions
@@ -173,12 +173,16 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
         if bar is not None:
             bar.update(1)
         if (step + 1) % eval_every == 0 or step + 1 == total:
-            scores, predictions = evaluate(engine, task, data, micro, use_segments, rank, world, device)
-            last = {"step": step + 1, **scores}
-            last["train_loss"] = float(torch.stack(losses).mean())  # read once per evaluation
+            train_loss = training_loss(losses, step + 1, world, f"task {task.name} seed {seed}")
             losses = []
-            score = metrics.selection_score(last, _metric_keys(task, data), task.selection)
-            if best is None or score > best["selection_score"]:
+            scores, predictions = evaluate(engine, task, data, micro, use_segments, rank, world, device)
+            last = {"step": step + 1, **scores, "train_loss": train_loss}
+            undefined = [k for k, v in scores.items() if v is None]
+            if undefined and rank == 0:
+                logger.warning("%s seed %d step %d: %s undefined on these predictions (all equal?), recorded as null",
+                               task.name, seed, step + 1, ", ".join(undefined))
+            score = metrics.selection_score(last, metrics.metric_keys(data.metrics, data.dev), task.selection)
+            if best is None or metrics.better(score, best["selection_score"]):
                 best = {**last, "selection_score": score, "predictions": predictions}
                 if cfg.export and rank == 0:
                     best_state = {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
@@ -186,9 +190,9 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
                 log({"task": task.name, "seed": seed, **last})
             if rank == 0:
                 logger.info("%s seed %d step %d: %s", task.name, seed, step + 1,
-                            ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step"))
+                            ", ".join(f"{k} {_number(v)}" for k, v in last.items() if k != "step"))
             if bar is not None:
-                bar.set_postfix(**{k: f"{v:.4f}" for k, v in last.items() if k not in ("step",)})
+                bar.set_postfix(**{k: _number(v) for k, v in last.items() if k not in ("step",)})
     if bar is not None:
         bar.close()
     out = {"seed": seed, "best": best, "last": last, "steps": total, "train_examples": n,
@@ -199,7 +203,20 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
     return out
 
 
-def _metric_keys(task, data: TaskData) -> list[str]:
-    if len(data.dev) == 1:
-        return list(data.metrics)
-    return [f"{name}_{split}" for split in data.dev for name in data.metrics]
+def training_loss(losses: list, step: int, world: int, what: str) -> float:
+    """The mean over steps and ranks of ``losses`` (one tensor per step up to ``step``); ``ValueError`` naming
+    ``what`` and the first step whose loss is not finite (every rank raises it: the losses are summed first)."""
+    values = torch.stack(losses).float()
+    if world > 1:
+        dist.all_reduce(values)
+        values /= world
+    bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+    if bad:
+        first = step - len(losses) + bad[0] + 1
+        raise ValueError(f"{what}: the training loss is {values[bad[0]].item()} at step {first}; training stopped "
+                         f"and nothing was written for this task (a lower task.recipe.lr may help)")
+    return float(values.mean())
+
+
+def _number(value) -> str:
+    return "null" if value is None else f"{value:.4f}"

@@ -1,9 +1,10 @@
 """DeepSpeed checkpoints that are never trusted half-written, and that resume on any number of processes.
 
 Saving: every rank calls ``engine.save_checkpoint`` into ``checkpoints/step_NNNNNNNN``; when every rank has written
-its files, rank 0 records them with their sizes and the layout that wrote them (world size, ZeRO stage, whether the
-optimizer state is partitioned) in ``complete.json``, then points ``latest`` at the new tag (DeepSpeed's own format,
-so its tools such as ``zero_to_fp32.py`` keep working) and prunes old checkpoints down to ``keep_last``. A save that
+its files, rank 0 records them with their sizes, the layout that wrote them (world size, ZeRO stage, whether the
+optimizer state is partitioned) and the run's config (``client_state["config"]``) in ``complete.json``, then points
+``latest`` at the new tag (DeepSpeed's own format, so its tools such as ``zero_to_fp32.py`` keep working) and prunes
+old checkpoints down to ``keep_last``. A save that
 fails on any rank (a full disk, say) leaves ``latest`` on the previous checkpoint and raises ``CheckpointError``.
 
 Resuming: the complete checkpoints are tried newest first. One whose optimizer state was partitioned over another
@@ -33,6 +34,14 @@ PARTITIONED_FILES = "*zero_pp_rank_*_optim_states.pt"  # ZeRO 1-3: one optimizer
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be saved or loaded; the message names it and the cause."""
+
+
+RUN_MARKERS = ("train.log", "metrics.jsonl", "checkpoints")  # not .hydra/: any Hydra app may leave one
+
+
+def is_run_directory(path: str) -> bool:
+    """A folder ``launch/pretrain.py`` made (its log, metrics or checkpoints are there)."""
+    return any(os.path.exists(os.path.join(path, name)) for name in RUN_MARKERS)
 
 
 def tag_for(step: int) -> str:
@@ -115,7 +124,7 @@ class Checkpointer:
         error = first_error(error)
         if error is None and self.rank == 0:
             try:
-                self._mark_complete(tag, step)
+                self._mark_complete(tag, step, client_state.get("config"))
             except OSError as e:
                 error = f"rank 0: {e}"
         error = first_error(error)
@@ -124,14 +133,14 @@ class Checkpointer:
                                   f"{self.describe_latest()}")
         return tag
 
-    def _mark_complete(self, tag: str, step: int) -> None:
+    def _mark_complete(self, tag: str, step: int, config: dict | None) -> None:
         folder = self.path(tag)
         files = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
                  if os.path.isfile(os.path.join(folder, name)) and name != MARKER}
         partitioned = bool(glob.glob(os.path.join(folder, PARTITIONED_FILES)))
         write_json_atomic(os.path.join(folder, MARKER), {
             "step": step, "files": files, "world_size": self.world_size, "zero_stage": self.zero_stage,
-            "partitioned": partitioned})
+            "partitioned": partitioned, "config": config})
         atomic_write(os.path.join(self.directory, "latest"), lambda f: f.write(tag.encode()))
         self._prune()
 

@@ -32,19 +32,33 @@ def param_groups(model: torch.nn.Module, cfg) -> list[dict]:
     return groups
 
 
-def repair_after_universal_load(engine, cfg) -> None:
-    """Undo two slips of DeepSpeed 0.19's ZeRO-3 universal-checkpoint load: every parameter group gets the first
-    group's settings (biases and LayerNorm weights would be decayed from then on), and every group's state shares
-    one ``step`` tensor (AdamW increments it in place, once per group and step, so later groups would use the wrong
-    bias correction). The groups are those of ``param_groups``, in its order."""
+def repair_after_universal_load(engine) -> None:
+    """Undo a slip of DeepSpeed 0.19's ZeRO-3 universal-checkpoint load: every group's state shares one ``step``
+    tensor (AdamW increments it in place, once per group and step, so later groups would use the wrong bias
+    correction). Its other slip, every parameter group getting the first group's settings (biases and LayerNorm
+    weights would be decayed from then on), is undone by :func:`apply_settings`, which follows every resume."""
     optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer inside ZeRO's wrapper
-    for group, (_, settings) in zip(optimizer.param_groups, group_settings(cfg)):
-        group["weight_decay"] = settings["weight_decay"]
-        if "lr" in settings:
-            group["initial_lr"] = settings["lr"]
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
+
+
+def apply_settings(engine, cfg) -> None:
+    """After a checkpoint was loaded (which restores the settings it was saved with), set the optimizer's
+    hyper-parameters and the schedule's peak rates from ``cfg``. The schedule keeps its position and takes its shape
+    from ``cfg``, so the next update's learning rate is the new peak times the multiplier of that step."""
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer inside ZeRO's wrapper
+    scheduler, settings_of_groups = engine.lr_scheduler, group_settings(cfg)
+    if len(optimizer.param_groups) != len(settings_of_groups):  # paired by position: never guess
+        raise RuntimeError(f"the optimizer has {len(optimizer.param_groups)} parameter groups, the settings "
+                           f"describe {len(settings_of_groups)}")
+    for group, (_, settings) in zip(optimizer.param_groups, settings_of_groups):
+        group.update(weight_decay=settings["weight_decay"], betas=(cfg.optim.beta1, cfg.optim.beta2),
+                     eps=cfg.optim.eps, initial_lr=settings.get("lr", cfg.optim.lr))
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, multiplier in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * multiplier(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: float = 0.0) -> float:

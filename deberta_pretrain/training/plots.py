@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from ..fileio import claim_output, write_json_atomic
 from .metrics import read_metrics
 
+MARKER = "plots.json"  # written into every folder of plots, so that drawing again into it is known to be safe
 # file name -> (metrics, y label); a figure is drawn when the run logged any of its metrics
 PLOTS = {"loss": (("loss",), "loss"), "accuracy": (("accuracy",), "MLM accuracy"), "lr": (("lr",), "learning rate"),
          "throughput": (("tokens_per_s",), "tokens / s"),
@@ -17,7 +19,7 @@ PLOTS = {"loss": (("loss",), "loss"), "accuracy": (("accuracy",), "MLM accuracy"
 def plot_run(run_dir, out_dir=None) -> list[str]:
     """Write ``loss.png``, ``lr.png``, ``throughput.png`` and ``accuracy.png`` (MLM) or ``generator.png`` and
     ``discriminator.png`` (RTD): train and, where logged, validation curves, to ``out_dir`` (default
-    ``<run_dir>/plots``); returns the paths."""
+    ``<run_dir>/plots``; another folder must be new, empty or an earlier plots folder); returns the paths."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -27,8 +29,12 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
     if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is this a run directory of launch/pretrain.py?)")
     records = read_metrics(run_dir)
-    out_dir = os.fspath(out_dir or os.path.join(run_dir, "plots"))
+    own = os.path.join(run_dir, "plots")
+    out_dir = os.path.abspath(os.fspath(out_dir or own))
+    if out_dir != os.path.abspath(own):  # the run's own plots folder is always ours to refresh; another is checked
+        claim_output(out_dir, MARKER, "plots folder", overwrite=True)
     os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(out_dir, MARKER), {"run": os.path.abspath(run_dir)})
     written = []
     for name, (keys, label) in PLOTS.items():
         if not any(r.get(key) is not None for r in records for key in keys):
@@ -72,7 +78,8 @@ def _finetune_medians(run_dir, folders: str):
             results = json.load(f)
         for task, record in results["tasks"].items():
             for metric, value in record["summary"].items():
-                yield results["suite"], f"{task} {metric}", results["pretraining_step"], value["median"]
+                if value.get("median") is not None:  # undefined on every seed (e.g. a constant prediction)
+                    yield results["suite"], f"{task} {metric}", results["pretraining_step"], value["median"]
 
 
 def finetune_scores(run_dir) -> dict:

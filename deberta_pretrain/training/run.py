@@ -3,8 +3,6 @@ its weights, the run directory, the DeepSpeed engine; and how a run is asked to 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -22,36 +20,60 @@ from ..data.sampler import StepSampler
 from ..data.staging import stage_dataset, staged_path
 from ..deberta import ModelConfig
 from ..deberta.vocabulary import load_tokenizer, vocab_identity
-from ..fileio import write_json_atomic
+from ..fileio import describe_folder, write_json_atomic
 from ..objectives import build_objective
 from . import distributed, optim
+from .checkpoint import is_run_directory
 
 logger = logging.getLogger("deberta_pretrain")
 RUNTIME_MODEL_KEYS = ("init_from",)  # in the model group, but not part of the release config
-# Changing these between a run and its resumption would silently train something else.
-RESUME_KEYS = ("model", "data.path", "data.masking", "data.mask_prob", "data.max_ngram", "data.document_attention",
-               "seed", "train.global_batch_size", "precision", "objective", "rtd")
 STOP_FILE = "STOP"  # created in the run directory (by a user or launch/slurm/pretrain.sbatch) to stop the run
 
 
 class StopRequest:
-    """SIGTERM/SIGUSR1, or a ``STOP`` file in the run directory: the loop checkpoints at the next step boundary and
-    exits. The file works whatever launcher sits between the scheduler and the ranks (and whether it forwards
-    signals); only rank 0 looks for it, the decision is all-reduced."""
+    """SIGTERM/SIGUSR1, Ctrl-C (SIGINT), or a ``STOP`` file in the run directory: the loop checkpoints at the next
+    step boundary and exits. The file works whatever launcher sits between the scheduler and the ranks (and whether
+    it forwards signals); only rank 0 looks for it, the decision is all-reduced. A second Ctrl-C exits at once (the
+    steps since the last checkpoint are lost; a save it cuts short is never trusted). A context manager: the signal
+    handlers it replaces are restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self, run_dir: str, rank: int):
         self.signalled = False
+        self.interrupted = False  # by Ctrl-C: the run then exits with status 130, as an interrupted command does
         self.stop_file = os.path.join(run_dir, STOP_FILE) if rank == 0 else None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self._previous = {}
+
+    def __enter__(self):
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.signalled = True
+        if signum == signal.SIGINT:
+            self.interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C ends the process without delay
+            logger.warning("Ctrl-C: will checkpoint and stop after this step (Ctrl-C again to exit at once)")
+            return
         logger.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
 
     @property
     def requested(self) -> bool:
         return self.signalled or bool(self.stop_file and os.path.exists(self.stop_file))
+
+
+def ignore_interrupts(_worker_id: int = 0) -> None:
+    """For data-loader workers. Ctrl-C reaches every process of the terminal's group, and the deepspeed launcher
+    answers it with SIGTERM to every process it started, workers included; the main process, not its workers,
+    decides how the run stops (it needs their batches until the checkpoint is written; torch ends the workers when
+    it exits)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def all_ranks_agree(error: str | None) -> None:
@@ -70,18 +92,26 @@ def model_config_from(cfg) -> ModelConfig:
     return ModelConfig.from_dict(fields).validate()
 
 
-def resume_fingerprint(cfg) -> dict:
-    out = {}
-    for key in RESUME_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if key == "model":
-            value = {k: v for k, v in OmegaConf.to_container(value).items() if k not in RUNTIME_MODEL_KEYS}
-        out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    return out
-
-
-def fingerprint_hash(fingerprint: dict) -> str:
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+def settings_warnings(cfg, train_blocks: int, validation_blocks: int, data_vocab_size: int, configs: dict) -> list:
+    """Settings that run, but rarely as the user meant: one message each."""
+    warnings, model, generator = [], configs["model"], configs.get("generator")
+    if train_blocks < cfg.train.global_batch_size:
+        warnings.append(f"train.global_batch_size ({cfg.train.global_batch_size}) is larger than the training split "
+                        f"of {cfg.data.path} ({train_blocks} blocks): every step repeats blocks")
+    if validation_blocks == 0:
+        warnings.append(f"{cfg.data.path} has no validation blocks: evaluation is skipped (prepare it with "
+                        f"validation_fraction > 0 to get a validation loss)")
+    unused = model.vocab_size - data_vocab_size
+    if unused > max(128, model.vocab_size // 100):  # released configs round up by less, on purpose
+        warnings.append(f"model.vocab_size ({model.vocab_size}) is larger than the data's vocabulary "
+                        f"({data_vocab_size} ids): {unused} embedding rows are never trained; set "
+                        f"model.vocab_size={data_vocab_size}")
+    if generator is not None and generator.num_hidden_layers >= model.num_hidden_layers:
+        warnings.append(f"the generator ({generator.num_hidden_layers} layers) is as deep as the discriminator "
+                        f"({model.num_hidden_layers}): DeBERTa v3 gives it half the depth, since a generator as "
+                        f"strong as its discriminator makes replacements too hard to detect "
+                        f"(rtd.generator.num_hidden_layers)")
+    return warnings
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -105,7 +135,10 @@ class Run:
                 error = f"{e}"
             all_ranks_agree(error)
         self.run_dir = os.path.abspath(os.path.join(cfg.output_root, cfg.name))
-        self.fingerprint = resume_fingerprint(cfg)
+        if os.path.isdir(self.run_dir) and os.listdir(self.run_dir) and not is_run_directory(self.run_dir):
+            raise SystemExit(f"error: {self.run_dir} is not empty and is not a run directory (it holds "
+                             f"{describe_folder(self.run_dir)}); nothing was changed: choose another name= or "
+                             f"output_root=")
 
     def _locate_data(self) -> None:
         """Validate the config; with ``data.stage_dir``, the first rank of every node copies the data there."""
@@ -148,6 +181,10 @@ class Run:
                     self.world, self.rank)
         if len(self.train_set) == 0:
             raise ValueError(f"data.path: {cfg.data.path} has no training samples")
+        if self.rank == 0:
+            for warning in settings_warnings(cfg, len(self.train_set), len(self.valid_set),
+                                             self.tokenizer.vocab_size, self.objective.model_configs()):
+                logger.warning(warning)
 
     @property
     def model_config(self) -> ModelConfig:

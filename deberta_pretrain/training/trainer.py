@@ -9,11 +9,13 @@ import os
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from ..data.sampler import StepSampler
 from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer
-from .run import Run, StopRequest, fingerprint_hash, step_seed
+from .resume_settings import check_changes, record_changes
+from .run import Run, StopRequest, ignore_interrupts, step_seed
 
 logger = logging.getLogger("deberta_pretrain")
 
@@ -61,18 +63,21 @@ def evaluate(run: Run, collator) -> dict:
 
 
 def resume_or_start(run: Run, checkpointer: Checkpointer):
-    """(engine, step, client_state): the engine at the newest checkpoint that loads, whatever world size or ZeRO
-    layout wrote it, or a fresh engine at step 0 when the run has no checkpoint. A run never starts over in a
-    directory that holds checkpoints: when none loads, every one is listed with the reason and nothing is changed.
-    Each attempt gets a fresh engine, so a failed load never leaves a half-loaded one behind."""
+    """(engine, step, client_state, settings changed since the checkpoint): the engine at the newest checkpoint that
+    loads, whatever world size or ZeRO layout wrote it, or a fresh engine at step 0 when the run has no checkpoint.
+    A run never starts over in a directory that holds checkpoints: when none loads, every one is listed with the
+    reason and nothing is changed. Each attempt gets a fresh engine, so a failed load never leaves a half-loaded one
+    behind."""
     usable, refused = checkpointer.survey()
+    if usable:  # before any engine is built: a changed model would otherwise fail to load, as if damaged
+        settings_since(run, checkpointer, usable[0])
     for tag in usable:
         try:
             load_tag, universal = checkpointer.load_plan(tag)
             engine = run.build_engine(load_universal=universal)
             step, client_state = checkpointer.load(engine, load_tag)
             if universal:
-                optim.repair_after_universal_load(engine, run.cfg)
+                optim.repair_after_universal_load(engine)
         except CheckpointError as e:
             refused.append((tag, str(e)))
             if run.engine is not None:
@@ -82,7 +87,7 @@ def resume_or_start(run: Run, checkpointer: Checkpointer):
         for bad, why in refused:
             if run.rank == 0:
                 logger.warning("checkpoint %s is not usable: %s", checkpointer.path(bad), why)
-        return engine, step, client_state
+        return engine, step, client_state, settings_since(run, checkpointer, tag)
     interrupted = all(why.startswith("incomplete") for _, why in refused)
     if refused and not interrupted:
         listing = "\n".join(f"  {checkpointer.path(tag)}: {why}" for tag, why in sorted(refused))
@@ -91,18 +96,27 @@ def resume_or_start(run: Run, checkpointer: Checkpointer):
     if refused and run.rank == 0:  # only saves that never finished: there is nothing to resume
         logger.warning("ignoring interrupted saves that never completed: %s",
                        ", ".join(checkpointer.path(tag) for tag, _ in refused))
-    return run.build_engine(), 0, {}
+    return run.build_engine(), 0, {}, {}
 
 
-def check_resumable(run: Run, client_state: dict) -> None:
-    """Refuse to continue a run whose model, data, masking, objective, seed, global batch or precision changed.
-    Keys a checkpoint predates are not compared (their values then were the defaults)."""
-    saved = client_state.get("config_fingerprint")
-    if saved is not None:
-        changed = sorted(k for k in saved if k in run.fingerprint and saved[k] != run.fingerprint[k])
-        if changed:
-            raise SystemExit(f"error: {run.run_dir} was trained with different values of {', '.join(changed)}; "
-                             f"start a new run (another name=) or restore those settings")
+def settings_since(run: Run, checkpointer: Checkpointer, tag: str) -> dict:
+    """The settings that changed since checkpoint ``tag`` was trained and are applied from the resumed step (see
+    ``resume_settings``); a change of a key that cannot change stops the run (``SystemExit``). A checkpoint from
+    before the config was recorded in its ``complete.json`` is compared with the run's ``.hydra/config.yaml``."""
+    saved = (checkpointer.marker(tag) or {}).get("config")
+    recorded = os.path.join(run.run_dir, ".hydra", "config.yaml")
+    if saved is None and os.path.isfile(recorded):
+        saved = OmegaConf.to_container(OmegaConf.load(recorded), resolve=True)
+    if saved is None:
+        return {}
+    return check_changes(saved, OmegaConf.to_container(run.cfg, resolve=True), run.run_dir)
+
+
+def client_state(run: Run, step: int, wandb_id) -> dict:
+    """What a checkpoint carries besides the engine's state: position, logger id, and the config it was trained
+    with (recorded in its ``complete.json`` too, and compared on resume)."""
+    return {"step": step, "samples": step * run.cfg.train.global_batch_size, "wandb_id": wandb_id,
+            "world_size": run.world, "config": OmegaConf.to_container(run.cfg, resolve=True)}
 
 
 def vote(stop: StopRequest, nonfinite: torch.Tensor, device) -> tuple[bool, bool]:
@@ -113,65 +127,92 @@ def vote(stop: StopRequest, nonfinite: torch.Tensor, device) -> tuple[bool, bool
     return stop_requested, diverged
 
 
+def start_or_resume(run: Run, checkpointer: Checkpointer):
+    """(engine, first step, client state of the checkpoint): resumed with the command's settings applied and their
+    changes recorded, or started fresh; the run directory is written only now, so that a refused resume leaves every
+    file as it was."""
+    engine, start_step, saved_state, changes = resume_or_start(run, checkpointer)
+    if start_step:
+        optim.apply_settings(engine, run.cfg)
+    run.prepare_run_dir()
+    if start_step and run.rank == 0:
+        logger.info("resuming %s from step %d", run.run_dir, start_step)
+        record_changes(changes, run.run_dir, start_step)
+    return engine, start_step, saved_state
+
+
+def micro_batch_stream(run: Run, sampler: StepSampler, start_step: int):
+    """This rank's micro-batches from ``start_step`` on, prepared ahead in ``data.num_workers`` processes."""
+    cfg = run.cfg
+    return iter(torch.utils.data.DataLoader(
+        MicroBatches(run.train_set, sampler, run.objective.collator(cfg.seed)), batch_size=None,
+        sampler=range(start_step * sampler.accumulation, cfg.train.max_steps * sampler.accumulation),
+        num_workers=cfg.data.num_workers, pin_memory=run.on_gpu, worker_init_fn=ignore_interrupts))
+
+
 def pretrain(cfg) -> dict:
     """Run (or resume) the pretraining described by ``cfg``; returns the last logged training metrics."""
     run = Run(cfg)
     checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank, run.world,
                                 cfg.deepspeed.zero_stage)
-    engine, start_step, client_state = resume_or_start(run, checkpointer)
-    check_resumable(run, client_state)
-    run.prepare_run_dir()  # only now, so that a refused resume leaves every file as it was
-    if start_step and run.rank == 0:
-        logger.info("resuming %s from step %d", run.run_dir, start_step)
+    engine, start_step, saved_state = start_or_resume(run, checkpointer)
     objective = run.objective
-    log = metrics.MetricsLogger(run.run_dir, cfg, client_state.get("wandb_id"), enabled=run.rank == 0,
+    log = metrics.MetricsLogger(run.run_dir, cfg, saved_state.get("wandb_id"), enabled=run.rank == 0,
                                 start_step=start_step)
     sampler = StepSampler(len(run.train_set), cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
                           run.world, run.rank)
-    batches = iter(torch.utils.data.DataLoader(
-        MicroBatches(run.train_set, sampler, objective.collator(cfg.seed)), batch_size=None,
-        sampler=range(start_step * sampler.accumulation, cfg.train.max_steps * sampler.accumulation),
-        num_workers=cfg.data.num_workers, pin_memory=run.on_gpu))
+    batches = micro_batch_stream(run, sampler, start_step)
     eval_collator = objective.collator(cfg.seed + 1)
     progress = metrics.TrainProgress(run, objective, engine, log, start_step, sampler)
-    stop = StopRequest(run.run_dir, run.rank)
     watch_loss = cfg.precision != "fp16"  # fp16: DeepSpeed's loss scaling owns overflows
 
     if start_step == 0:  # the untrained baseline, so curves and comparisons start from where training started
         progress.log_validation(0, evaluate(run, eval_collator))
     step = start_step
-    while step < cfg.train.max_steps:
-        torch.manual_seed(step_seed(cfg.seed, run.rank, step))
-        nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
-        for _ in range(sampler.accumulation):
-            loss, stats = objective.train_step(engine, to_device(next(batches), run.device))
-            progress.add(stats)
-            nonfinite |= ~torch.isfinite(loss)
-        step += 1
-        stop_requested, diverged = vote(stop, nonfinite & watch_loss, run.device)
-        if diverged and cfg.train.on_nonfinite == "stop":
-            raise SystemExit(f"error: the training loss is not finite at step {step} (train.on_nonfinite=stop); "
-                             f"{checkpointer.describe_latest()}. Resume from it with a lower optim.lr or "
-                             f"train.on_nonfinite=skip")
-        if diverged and run.rank == 0:
-            logger.warning("non-finite training loss at step %d: its update is dropped (train.on_nonfinite=skip)",
-                           step)
-        done = step == cfg.train.max_steps
-        progress.step_done(step, log_now=step % cfg.train.log_every == 0 or done)
-        if step % cfg.train.eval_every == 0 or done:
-            progress.log_validation(step, evaluate(run, eval_collator))
-        if step % cfg.train.checkpoint_every == 0 or done or stop_requested:
-            client_state = {"step": step, "samples": step * cfg.train.global_batch_size, "wandb_id": log.run_id,
-                            "config_fingerprint": run.fingerprint, "world_size": run.world,
-                            "config_hash": fingerprint_hash(run.fingerprint)}
-            try:
-                checkpointer.save(engine, step, client_state)
-            except CheckpointError as e:
-                raise SystemExit(f"error: {e}") from e
-        if stop_requested:
-            if run.rank == 0:
-                logger.warning("stopped at step %d after a stop request; restart with the same name to resume", step)
-            break
+    with StopRequest(run.run_dir, run.rank) as stop:
+        while step < cfg.train.max_steps:
+            torch.manual_seed(step_seed(cfg.seed, run.rank, step))
+            nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
+            for _ in range(sampler.accumulation):
+                loss, stats = objective.train_step(engine, to_device(next(batches), run.device))
+                progress.add(stats)
+                nonfinite |= ~torch.isfinite(loss)
+            step += 1
+            stop_requested, diverged = vote(stop, nonfinite & watch_loss, run.device)
+            if diverged:
+                on_nonfinite_loss(run, checkpointer, step)
+            done = step == cfg.train.max_steps
+            progress.step_done(step, log_now=step % cfg.train.log_every == 0 or done)
+            if step % cfg.train.eval_every == 0 or done:
+                progress.log_validation(step, evaluate(run, eval_collator))
+            if step % cfg.train.checkpoint_every == 0 or done or stop_requested:
+                tag = save(checkpointer, engine, client_state(run, step, log.run_id))
+            if stop_requested:
+                if run.rank == 0:
+                    logger.warning("stopped at step %d after a stop request (checkpoint %s); run the same command "
+                                   "to resume", step, checkpointer.path(tag))
+                break
     progress.close()
     log.close()
+    if stop.interrupted:
+        raise SystemExit(130)
     return progress.last
+
+
+def on_nonfinite_loss(run: Run, checkpointer: Checkpointer, step: int) -> None:
+    """``train.on_nonfinite``: stop (naming the step and the checkpoint to resume from), or skip (DeepSpeed's check
+    of the gradients drops the update; said here)."""
+    if run.cfg.train.on_nonfinite == "stop":
+        raise SystemExit(f"error: the training loss is not finite at step {step} (train.on_nonfinite=stop); "
+                         f"{checkpointer.describe_latest()}. Resume from it with a lower optim.lr or "
+                         f"train.on_nonfinite=skip")
+    if run.rank == 0:
+        logger.warning("non-finite training loss at step %d: its update is dropped (train.on_nonfinite=skip)", step)
+
+
+def save(checkpointer: Checkpointer, engine, state: dict) -> str:
+    """Save the checkpoint of ``state["step"]``; a failed save stops the run with the path and the cause."""
+    try:
+        return checkpointer.save(engine, state["step"], state)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e

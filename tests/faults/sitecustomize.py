@@ -5,6 +5,8 @@ it patches the training modules as they are imported. Nothing in ``deberta_pretr
 ``DEBERTA_PRETRAIN_FAULT`` holds one or more comma-separated ``KIND@STEP`` or ``KIND@STEP:RANK``:
 
   sigterm@N, sigkill@N      the process signals itself after N finished steps, before the next one starts
+  ctrl-c@N, ctrl-c-twice@N  SIGINT (once or twice) to the process group, as Ctrl-C in a terminal (start the run in a
+                            session of its own)
   kill-before-save@N        the checkpoint of step N: the process is killed before it writes anything
   kill-before-complete@N    the checkpoint of step N: every rank wrote its files; killed before complete.json
   enospc@N                  the checkpoint of step N: every write fails with ENOSPC (a full disk)
@@ -40,6 +42,11 @@ def patch_trainer(trainer) -> None:
         STATE["finished_steps"] = step
         if fires("sigterm", step):
             os.kill(os.getpid(), signal.SIGTERM)
+        if fires("ctrl-c", step):  # as a terminal does: to the whole process group (data-loader workers too)
+            os.killpg(os.getpgrp(), signal.SIGINT)
+        if fires("ctrl-c-twice", step):
+            os.killpg(os.getpgrp(), signal.SIGINT)
+            os.killpg(os.getpgrp(), signal.SIGINT)
         if fires("sigkill", step):
             os.kill(os.getpid(), signal.SIGKILL)
         return step_seed(seed, rank, step)
@@ -66,10 +73,10 @@ def patch_trainer(trainer) -> None:
         finally:
             torch.save = real
 
-    def faulty_mark_complete(self, tag, step):
+    def faulty_mark_complete(self, tag, step, *args):
         if fires("kill-before-complete", step):
             os.kill(os.getpid(), signal.SIGKILL)
-        return mark_complete(self, tag, step)
+        return mark_complete(self, tag, step, *args)
 
     checkpointer.save, checkpointer._mark_complete = faulty_save, faulty_mark_complete
     from deberta_pretrain.deberta.mlm import MaskedLanguageModel as model  # noqa: PLC0415  (rtd: the generator)
