@@ -501,7 +501,15 @@ def validate_finetune_task(task) -> None:
     for key, low, integer, strict in (("lr", 0, False, True), ("batch_size", 1, True, False),
                                       ("epochs", 0, False, True), ("warmup_steps", 0, True, False),
                                       ("max_length", 4, True, False)):
-        _finetune_number(f"task {task.name}: task.recipe.{key}", recipe[key], low, integer=integer, strict=strict)
+        values = recipe[key]
+        if OmegaConf.is_list(values) and key != "max_length":  # a grid (finetune/grid.py)
+            if not values or len(set(values)) < len(values):
+                fail(f"recipe.{key}", f"a value, or a list of distinct values (a grid), got {list(values)}")
+        else:
+            values = [values]
+        for value in values:
+            _finetune_number(f"task {task.name}: task.recipe.{key}", value, low, integer=integer, strict=strict,
+                             optional=key == "warmup_steps")  # null: a share of the run's steps
     _finetune_number(f"task {task.name}: task.recipe.cls_dropout", recipe.cls_dropout, 0, below=1)
     for key in ("max_train_samples", "max_eval_samples"):
         _finetune_number(f"task {task.name}: task.{key}", task.get(key), 1, integer=True, optional=True)

@@ -55,7 +55,8 @@ def run_pretrain(overrides: list[str], launcher: str = "python", processes: int 
     full_env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="offline",
                     PYTHONUNBUFFERED="1", **(env or {}))
     result = subprocess.run(launch_command(launcher, processes) + overrides, cwd=ROOT, env=full_env,
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout,
+                            start_new_session=True)  # a process group of its own: the ctrl-c fault signals it
     if check and result.returncode != 0:
         raise AssertionError(f"pretrain failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-6000:]}")

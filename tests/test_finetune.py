@@ -154,8 +154,10 @@ def test_suite_end_to_end_on_local_glue_folders(encoder, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert sorted(results["tasks"]) == ["mrpc", "rte", "sst2", "stsb"]
     table = (out / "results.md").read_text()
-    for row in ("| sst2 | accuracy |", "| mrpc | f1 |", "| mrpc | accuracy |", "| stsb | pearson |",
-                "| stsb | spearman |", "| rte | accuracy |"):
+    for task_name, metric in (("sst2", "accuracy"), ("mrpc", "f1"), ("mrpc", "accuracy"), ("stsb", "pearson"),
+                              ("stsb", "spearman"), ("rte", "accuracy")):
+        lr = results["tasks"][task_name]["chosen"]["lr"]  # each task's own recipe rate, in the setting column
+        row = f"| {task_name} | lr {lr:g} | {metric} |"
         assert row in table and row in first.stdout
     for name, task in results["tasks"].items():
         dev = [json.loads(line) for line in open(tmp_path / "glue" / name / "validation.jsonl")]

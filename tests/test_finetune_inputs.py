@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import small_config, train_spm
+from finetune_helpers import compose, finetune, model_folder, single_process_world  # noqa: F401 (a fixture)
 from pretrain_helpers import ROOT
 
 TEXTS = ["the cat sat on the mat", "a dog ran across the park", "numbers add up to ten", "rain fell all day long",
@@ -25,56 +24,16 @@ SMALL_RECIPE = ["task.recipe.max_length=32", "task.recipe.batch_size=4", "task.r
 ABSENT = object()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_process_world():
-    """run_finetune starts a one-process torch.distributed world in this process: leave none (and no port held)
-    behind for the next test file of this worker."""
-    yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    import deepspeed.comm.comm as ds_comm
-
-    ds_comm.cdb = None
-
-
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     """A tiny model folder in release format, with a small SentencePiece vocabulary (quick to load)."""
-    from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig, SPMTokenizer
-    from deberta_pretrain.export import write_model
-
-    folder = tmp_path_factory.mktemp("encoder")
-    vocab = train_spm(tmp_path_factory.mktemp("vocab") / "spm.model", vocab_size=1000)
-    config = ModelConfig.from_dict(small_config("v3", vocab_size=1000, max_position_embeddings=128))
-    torch.manual_seed(0)
-    write_model(MaskedLanguageModel(config).state_dict(), config, SPMTokenizer(str(vocab)), str(folder), "release",
-                "fp32")
-    return folder
-
-
-def compose(*overrides):
-    """The config ``launch/finetune.py`` composes from conf/ with ``overrides``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from deberta_pretrain.config import register_finetune_configs
-
-    register_finetune_configs()
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
-        return hydra_compose("finetune", overrides=list(overrides))
+    return model_folder(tmp_path_factory.mktemp("encoder"), tmp_path_factory.mktemp("vocab"),
+                        max_position_embeddings=128)
 
 
 def run(encoder, out, *overrides):
-    """run_finetune in this process; the world's variables (RANK, MASTER_PORT ...) it sets are taken back, so that
-    no command started later tries to join it."""
-    from deberta_pretrain.finetune.suite import run_finetune
-
-    environment = dict(os.environ)
-    try:
-        return run_finetune(compose(f"checkpoint={encoder}", f"output={out}", *QUICK, *overrides))
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
+    """run_finetune in this process on ``encoder``, results to ``out``, a few steps (``QUICK``)."""
+    return finetune(f"checkpoint={encoder}", f"output={out}", *QUICK, *overrides)
 
 
 def snapshot(*folders) -> dict:
@@ -126,8 +85,9 @@ def strict_json(path):
 # ---- labels -------------------------------------------------------------------------------------------------------
 def test_labels_minus_one_and_one_are_classes_in_sorted_order_and_a_rerun_is_matched_by_settings(encoder, tmp_path):
     """Integer labels -1/1 train as ids 0/1 and the results list the original values in sorted order. A re-run with
-    the same settings is skipped; with a changed setting (weight decay, ZeRO stage, seeds, a data file) it is
-    refused naming the key and both values, and nothing changes."""
+    the same settings is skipped; with a changed setting (weight decay, ZeRO stage, dropout, a data file) it is
+    refused naming the key and both values, and nothing changes (seeds and a grid's values identify runs: see
+    test_finetune_grid.py)."""
     from deberta_pretrain.finetune.data import load_task
 
     train = write_jsonl(tmp_path / "train.jsonl", [1, -1, -1, 1, 1, -1, 1, -1])
@@ -148,8 +108,8 @@ def test_labels_minus_one_and_one_are_classes_in_sorted_order_and_a_rerun_is_mat
     message = refused(encoder, tmp_path, [*custom(train, dev), "optim.weight_decay=0.1"],
                       "optim.weight_decay 0.01 -> 0.1", task_file, "output=<another folder>", f"delete {task_file}")
     assert message.startswith("task custom: ") and "other settings" in message
-    refused(encoder, tmp_path, [*custom(train, dev), "deepspeed.zero_stage=1", "seeds=[1,2]"],
-            "deepspeed.zero_stage 0 -> 1", "seeds [1] -> [1, 2]")
+    refused(encoder, tmp_path, [*custom(train, dev), "deepspeed.zero_stage=1", "task.recipe.cls_dropout=0.2"],
+            "deepspeed.zero_stage 0 -> 1", "task.recipe.cls_dropout 0.1 -> 0.2")
     write_jsonl(dev, [-1, 1, -1, -1])  # the data changed: the scores would too
     refused(encoder, tmp_path, custom(train, dev), f"data_files.{dev}")
 
@@ -359,8 +319,9 @@ def test_results_hold_no_nan(tmp_path):
     assert summary == {"pearson": {"median": 0.5, "min": 0.25, "max": 0.75, "undefined_seeds": 1}}
     assert summarize(runs[:1]) == {"pearson": {"median": None, "min": None, "max": None, "undefined_seeds": 1}}
     table = markdown({"suite": "s", "checkpoint": "c", "from_scratch": False, "pretraining_step": 1, "seeds": [1],
-                      "tasks": {"stsb": {"summary": summarize(runs[:1])}}})
-    assert "| stsb | pearson | n/a | n/a | n/a |" in table
+                      "tasks": {"stsb": {"summary": summarize(runs[:1]), "chosen": {"lr": 2e-5, "described": ""},
+                                         "grid": [{"recipe": {"lr": 2e-5}, "median_selection_score": None}]}}})
+    assert "| stsb | lr 2e-05 | pearson | n/a | n/a | n/a |" in table
 
 
 def test_a_training_loss_that_is_not_finite_stops_naming_task_seed_and_step(encoder, tmp_path):

@@ -40,7 +40,7 @@ def test_quickstart_script_learns(tmp_path):
     # fine-tuned on the built-in word-order task: well above the majority class of its dev split, and well above
     # the same model fine-tuned from scratch (which only the pretraining separates from it)
     accuracy = finetune_accuracy(run_dir / "finetune" / "python-help-order" / "step_00000300")
-    assert "| python-help-order | accuracy |" in result.stdout
+    assert "| python-help-order | lr 0.0003 | accuracy |" in result.stdout
     scratch = subprocess.run([sys.executable, "launch/finetune.py", f"checkpoint={run_dir}", "task=python-help-order",
                               "from_scratch=true", "logging.progress_bar=false"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)

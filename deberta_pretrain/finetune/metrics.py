@@ -84,3 +84,37 @@ def selection_score(result: dict, names, selection: str | None) -> float | None:
 def better(score: float | None, than: float | None) -> bool:
     """Whether selection score ``score`` beats ``than`` (an undefined score, None, beats nothing)."""
     return score is not None and (than is None or score > than)
+
+
+def prior_loss(targets: list, problem: str) -> float:
+    """The training loss of a model that learned nothing from the text: cross-entropy of predicting every class's
+    share of ``targets`` (their entropy, in nats); for regression, the squared error of predicting their mean."""
+    values = np.asarray(targets, dtype=np.float64)
+    if problem == "regression":
+        return float(values.var())
+    shares = np.bincount(values.astype(np.int64)) / len(values)
+    shares = shares[shares > 0]
+    return float(-(shares * np.log(shares)).sum())
+
+
+def majority_share(targets: list) -> float:
+    """The accuracy of always predicting the most frequent class of ``targets``."""
+    counts = np.bincount(np.asarray(targets, dtype=np.int64))
+    return float(counts.max() / counts.sum())
+
+
+def learned_nothing(run: dict, train_targets: list, dev_targets: dict, problem: str) -> str | None:
+    """Why ``run`` (a fine-tuning run's record) learned nothing, or None: for a classification, its best dev
+    predictions are no more accurate than always predicting the majority class of a dev split; for a regression,
+    its last training loss is not clearly below that of predicting the labels' mean. The message gives the
+    training loss beside that of predicting the label prior (:func:`prior_loss`)."""
+    loss, prior = run["last"]["train_loss"], prior_loss(train_targets, problem)
+    losses = f"training loss {loss:.3f}, predicting the label prior {prior:.3f}"
+    if problem == "regression":
+        return losses if loss >= 0.95 * prior else None
+    for split, targets in dev_targets.items():
+        accuracy = float(np.mean(np.asarray(run["best"]["predictions"][split]) == np.asarray(targets)))
+        if accuracy <= majority_share(targets) + 1e-9:
+            majority = majority_share(targets)
+            return f"dev accuracy {accuracy:.3f} on {split}, its majority class {majority:.3f}; {losses}"
+    return None

@@ -1,18 +1,21 @@
-"""One command from a checkpoint to a score table: every task of the suite (or the one task), every seed, the
-median and spread over seeds, written as ``results.json`` and ``results.md`` and printed.
+"""One command from a checkpoint to a score table: every task of the suite (or the one task), every point of its
+recipe's grid (:mod:`.grid`) with every seed, the setting chosen by its median dev score, and the median and spread
+over seeds, written as ``results.json`` and ``results.md`` and printed.
 
 Results go to ``<run dir>/finetune/<suite>/step_<N>/`` for a checkpoint of one of our runs (so that several
 pretraining steps can be compared, and pruning old checkpoints keeps them), else to ``<model folder>/finetune/
 <suite>/``; ``from_scratch=true`` (the same model freshly initialised) to ``.../finetune/<suite>/from_scratch/``;
-``output=`` overrides. Each finished task is saved as ``<task>.json`` at once, with the settings it was made with
-(:func:`task_settings`): a run again skips the tasks it finished with the same settings, and refuses, before
-anything trains, to reuse or replace results of other settings.
+``output=`` overrides. Each finished run is saved in ``<task>.json`` at once, with the settings the task was made
+with (:func:`task_settings`: everything but the seed and the grid's values, which identify a run): the same command
+again trains only the runs that are missing (a grid that grew: only its new points), and a command with other
+settings is refused before anything trains, never reusing or replacing results of other settings.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from datetime import datetime
 
@@ -26,14 +29,15 @@ from ..config_keys import ABSENT, changed_keys
 from ..fileio import claim_output, sha256_file, write_json_atomic
 from ..training.distributed import init_distributed, on_cpu
 from .data import load_task, split_files, suite_tasks
-from .metrics import better
+from .grid import GRID_KEYS, choose, describe, grid_points, run_key, with_point
+from .metrics import learned_nothing
 from .pretrained import load_pretrained
-from .trainer import TaskData, finetune_once
+from .trainer import NonFiniteLoss, TaskData, finetune_once
 
-__all__ = ["run_finetune", "suite_tasks", "task_settings", "finished_results"]
+__all__ = ["run_finetune", "suite_tasks", "task_settings", "earlier_record"]
 logger = logging.getLogger("deberta_pretrain.finetune")
-NOT_SETTINGS = ("output", "logging")
-MARKER = "finetune.json"  # written first into a results folder: a re-run after a failure knows the folder as its own  # where results go and how progress is shown: no score depends on them
+NOT_SETTINGS = ("output", "logging")  # where results go and how progress is shown: no score depends on them
+MARKER = "finetune.json"  # written first into a results folder: a re-run after a failure knows the folder as its own
 
 
 def checkpoint_files(pretrained) -> dict:
@@ -51,13 +55,15 @@ def checkpoint_files(pretrained) -> dict:
 
 
 def task_settings(cfg, task, pretrained) -> dict:
-    """Everything a task's scores depend on, as recorded with them: the whole resolved config but ``output`` and
-    ``logging``, with the task's own config (a suite's overrides applied) in place of ``task``/``suite``; the
-    checkpoint's absolute path, pretraining step and (a model folder) files; the sha256 (16 digits) of each data
-    file."""
+    """Everything a task's scores depend on but the seed and the grid's values, as recorded with them: the whole
+    resolved config but ``output``, ``logging`` and ``seeds``, with the task's own config (a suite's overrides
+    applied) in place of ``task``/``suite``; the checkpoint's absolute path, pretraining step and (a model folder)
+    files; the sha256 (16 digits) of each data file."""
     settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-                if k not in (*NOT_SETTINGS, "task", "suite")}
+                if k not in (*NOT_SETTINGS, "task", "suite", "seeds")}
     settings["task"] = OmegaConf.to_container(task, resolve=True)
+    for key in GRID_KEYS:  # a run's own settings, with its seed (see grid.run_key)
+        settings["task"]["recipe"].pop(key)
     settings["checkpoint"] = os.path.abspath(str(cfg.checkpoint))
     settings["pretraining_step"] = pretrained.step
     settings["checkpoint_files"] = checkpoint_files(pretrained)
@@ -78,13 +84,13 @@ def changed_settings(old: dict, new: dict, limit: int = 6) -> str:
     return ", ".join(parts) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
-def finished_results(task, out: str, settings: dict) -> dict | None:
-    """The results in ``<out>/<task>.json`` when they were made with ``settings``, None when there are none.
-    Results of other settings are neither reused nor replaced: ``ValueError`` names the keys that changed, with
-    both values, and the way out."""
+def earlier_record(task, out: str, settings: dict) -> dict:
+    """The record in ``<out>/<task>.json`` when it was made with ``settings`` ({} when there is none): its runs are
+    reused. Results of other settings are neither reused nor replaced: ``ValueError`` names the keys that changed,
+    with both values, and the way out."""
     task_file = os.path.join(out, f"{task.name}.json")
     if not os.path.exists(task_file):
-        return None
+        return {}
     way_out = f"use output=<another folder>, or delete {task_file} to fine-tune {task.name} again"
     try:
         with open(task_file, encoding="utf-8") as f:
@@ -98,6 +104,12 @@ def finished_results(task, out: str, settings: dict) -> dict | None:
     if changes:
         raise ValueError(f"task {task.name}: {task_file} holds results of other settings ({changes}); {way_out}")
     return done
+
+
+def missing_runs(task, seeds, record: dict) -> list:
+    """(point, seed) of every run of ``task``'s grid and ``seeds`` that ``record`` does not hold."""
+    done = {run_key(run["seed"], run["recipe"]) for run in record.get("runs", [])}
+    return [(point, seed) for point in grid_points(task.recipe) for seed in seeds if run_key(seed, point) not in done]
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -115,20 +127,31 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def markdown(results: dict) -> str:
+    """The score table: each task's chosen setting (where its recipe is a grid), the median and range over seeds of
+    each metric, then the grid's median dev scores and any warning."""
     step = "none (from scratch)" if results["from_scratch"] else results["pretraining_step"]
     lines = [f"# {results['suite']}: {results['checkpoint']}", "",
              f"pretraining step: {step}; seeds: {results['seeds']}; best dev evaluation per seed, median (min-max) "
              f"over seeds (n/a: undefined, e.g. a correlation of constant predictions)", "",
-             "| task | metric | median | min | max |", "|---|---|---|---|---|"]
+             "| task | setting | metric | median | min | max |", "|---|---|---|---|---|---|"]
 
     def percent(value):
         return "n/a" if value is None else f"{100 * value:.2f}"
 
+    notes = []
     for name, task in results["tasks"].items():
+        setting = task["chosen"]["described"] or f"lr {task['chosen']['lr']:g}"
         for metric, value in task["summary"].items():
-            lines.append(f"| {name} | {metric} | {percent(value['median'])} | {percent(value['min'])} | "
+            lines.append(f"| {name} | {setting} | {metric} | {percent(value['median'])} | {percent(value['min'])} | "
                          f"{percent(value['max'])} |")
-    return "\n".join(lines) + "\n"
+        if len(task["grid"]) > 1:
+            points = [entry["recipe"] for entry in task["grid"]]
+            scores = ", ".join(f"{describe(entry['recipe'], points)}: {percent(entry['median_selection_score'])}"
+                               for entry in task["grid"])
+            notes.append(f"- {name}: setting chosen by the median dev score over seeds ({scores})")
+        if task.get("warning"):
+            notes.append(f"- warning: {task['warning']}")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def output_folder(cfg, suite: str, pretrained) -> str:
@@ -153,9 +176,11 @@ def run_finetune(cfg) -> dict:
     # (an export, a run) by design; output= may not lie in another tool's output.
     claim_output(out, (MARKER, "results.json", *(f"{task.name}.json" for task in tasks)), "fine-tuning results folder",
                  overwrite=True, nested_ok=not cfg.output)
+    seeds = [int(seed) for seed in cfg.seeds]
     settings = {task.name: task_settings(cfg, task, pretrained) for task in tasks}
-    finished = {task.name: finished_results(task, out, settings[task.name]) for task in tasks}
-    pending = [task for task in tasks if finished[task.name] is None]
+    records = {task.name: earlier_record(task, out, settings[task.name]) for task in tasks}
+    todo = {task.name: missing_runs(task, seeds, records[task.name]) for task in tasks}
+    pending = [task for task in tasks if todo[task.name]]
     # Every task's data is checked before anything is written or trained: the first task's is kept, the others' are
     # read again in their turn (a whole suite's would not fit in memory at once).
     prepared = {pending[0].name: TaskData(cfg, pending[0], pretrained.tokenizer)} if pending else {}
@@ -169,20 +194,45 @@ def run_finetune(cfg) -> dict:
     log = None if wandb_run is None else (lambda record: wandb_run.log(
         {f"{record['task']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}))
     results = {"suite": suite, "checkpoint": os.path.abspath(str(cfg.checkpoint)), "from_scratch": cfg.from_scratch,
-               "pretraining_step": None if cfg.from_scratch else pretrained.step, "seeds": list(cfg.seeds), "tasks": {}}
+               "pretraining_step": None if cfg.from_scratch else pretrained.step, "seeds": seeds, "tasks": {}}
     for task in tasks:
-        if finished[task.name] is not None:
-            logger.info("%s: finished earlier with these settings, skipped (%s)", task.name,
+        record = {**records[task.name], "settings": settings[task.name]}
+        runs = {run_key(run["seed"], run["recipe"]): run for run in record.get("runs", [])}
+        states, data = {}, None
+        if not todo[task.name]:
+            logger.info("%s: every run finished earlier with these settings, skipped (%s)", task.name,
                         os.path.join(out, f"{task.name}.json"))
-            results["tasks"][task.name] = finished[task.name]
-            continue
-        data = prepared.pop(task.name, None) or TaskData(cfg, task, pretrained.tokenizer)
-        runs = [finetune_once(cfg, task, pretrained, data, int(seed), rank, world, device, log) for seed in cfg.seeds]
-        results["tasks"][task.name] = task_record(cfg, task, pretrained, data, runs, settings[task.name], out, rank)
+        for point, seed in todo[task.name]:
+            data = data or prepared.pop(task.name, None) or TaskData(cfg, task, pretrained.tokenizer)
+            run = train_run(cfg, task, point, seed, pretrained, data, (rank, world, device), log)
+            states[run_key(seed, point)] = run.pop("state", None)
+            runs[run_key(seed, point)] = run
+            record.update(problem=data.problem, labels=list(data.labels), runs=list(runs.values()))
+            if rank == 0:  # after every run: an interrupted grid resumes where it stopped
+                write_json_atomic(os.path.join(out, f"{task.name}.json"), record)
+        results["tasks"][task.name] = task_record(cfg, task, seeds, record, runs, states, pretrained, data, out,
+                                                  rank)
     if rank == 0:
         write_results(results, out, wandb_run)
     results["output"] = out
     return results
+
+
+def train_run(cfg, task, point: dict, seed: int, pretrained, data, where: tuple, log) -> dict:
+    """One run of ``task`` at grid ``point`` with ``seed`` (``where``: rank, world size, device), with whether it
+    learned anything. A run of a grid whose loss turns non-finite is recorded as diverged (the grid's other points
+    go on); with a single point there is nothing to choose from, and the error stops the command."""
+    try:
+        run = finetune_once(cfg, with_point(task, point), pretrained, data, seed, *where, log)
+    except NonFiniteLoss as e:
+        if len(grid_points(task.recipe)) == 1:
+            raise
+        logger.warning("%s (grid point %s: recorded as diverged)", e, run_key(seed, point))
+        return {"seed": seed, "recipe": point, "best": None, "last": None, "diverged": str(e),
+                "nothing_learned": "diverged"}
+    dev_targets = {split: dev["labels"] for split, dev in data.dev.items()}
+    return {**run, "recipe": point,
+            "nothing_learned": learned_nothing(run, data.train["labels"], dev_targets, data.problem)}
 
 
 def start_wandb(cfg, suite: str, out: str):
@@ -195,21 +245,37 @@ def start_wandb(cfg, suite: str, out: str):
                       mode=cfg.logging.wandb.mode, dir=out, config=OmegaConf.to_container(cfg, resolve=True))
 
 
-def task_record(cfg, task, pretrained, data, runs: list, settings: dict, out: str, rank: int) -> dict:
-    """A finished task's record (every seed's runs, their summary, the settings); rank 0 exports the best seed's
-    model (``export=true``) and writes the record to ``<out>/<task>.json``."""
-    states = [r.pop("state", None) for r in runs]
-    record = {"settings": settings, "summary": summarize(runs), "runs": runs, "problem": data.problem,
-              "labels": list(data.labels)}
+def task_record(cfg, task, seeds: list, record: dict, runs: dict, states: dict, pretrained, data, out: str,
+                rank: int) -> dict:
+    """A task's record: every run (this command's and earlier ones), the grid's median dev scores, the chosen
+    setting and its summary over seeds, and a warning when its runs learned nothing; rank 0 exports the chosen
+    setting's best seed (``export=true``, when it was trained now) and writes ``<out>/<task>.json``."""
+    points = grid_points(task.recipe)
+    chosen, chosen_runs, scored = choose(runs, points, seeds)
+    chosen_runs = [run for run in chosen_runs if run["best"] is not None]
+    if not chosen_runs:
+        raise NonFiniteLoss(f"task {task.name}: the training loss turned non-finite at every point of the grid "
+                            f"{[point['lr'] for point in points]} (task.recipe.lr): try lower rates")
+    setting = describe(chosen, points)
+    record.update(runs=list(runs.values()), summary=summarize(chosen_runs), chosen={**chosen, "described": setting},
+                  grid=[{"recipe": point, "median_selection_score": score} for point, score in scored])
+    reasons = [run["nothing_learned"] for run in chosen_runs if run.get("nothing_learned")]
+    record["warning"] = None
+    if reasons:
+        record["warning"] = (f"task {task.name}: nothing was learned with task.recipe.lr={chosen['lr']:g} "
+                             f"({reasons[0]}). The usual cause is a learning rate too low for the model's size (a "
+                             f"base model's GLUE rate does not move a small one): give a grid, e.g. "
+                             f"task.recipe.lr='[1e-4,3e-4,1e-3]', or more task.recipe.epochs")
+        if rank == 0:
+            logger.warning(record["warning"])
     if rank == 0:
-        if cfg.export:
+        best = max(chosen_runs, key=lambda run: -math.inf if run["best"]["selection_score"] is None
+                   else run["best"]["selection_score"])
+        state = states.get(run_key(best["seed"], chosen))
+        if cfg.export and state is not None:
             from .export import export_classifier  # noqa: PLC0415
 
-            best = 0
-            for i, run in enumerate(runs):
-                if better(run["best"]["selection_score"], runs[best]["best"]["selection_score"]):
-                    best = i
-            record["export"] = export_classifier(states[best], pretrained, data, os.path.join(out, task.name))
+            record["export"] = export_classifier(state, pretrained, data, os.path.join(out, task.name))
         write_json_atomic(os.path.join(out, f"{task.name}.json"), record)
     return record
 

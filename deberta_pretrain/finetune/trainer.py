@@ -19,6 +19,7 @@ from . import metrics
 from .data import encode, load_task
 
 logger = logging.getLogger("deberta_pretrain.finetune")
+WARMUP_SHARE = 0.06  # task.recipe.warmup_steps=null: this share of the run's steps (as RoBERTa's GLUE recipes)
 
 
 def classifier_config(config: ModelConfig) -> ModelConfig:
@@ -144,8 +145,8 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
     steps_per_epoch = math.ceil(n / batch_size)
     total = cfg.train.max_steps or int(math.ceil(recipe.epochs * steps_per_epoch))
     on_gpu = device.type == "cuda"
-    engine, accumulation, micro = build_engine(cfg, model, total, batch_size, world, on_gpu, recipe.lr,
-                                               recipe.warmup_steps)
+    warmup = recipe.warmup_steps if recipe.warmup_steps is not None else round(WARMUP_SHARE * total)
+    engine, accumulation, micro = build_engine(cfg, model, total, batch_size, world, on_gpu, recipe.lr, warmup)
     use_segments = pretrained.config.type_vocab_size > 0
     regression = data.problem == "regression"
     eval_every = cfg.train.eval_every or steps_per_epoch
@@ -155,52 +156,70 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
         from tqdm import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=total, desc=f"{task.name} seed {seed}", dynamic_ncols=True)
-    for step in range(total):
-        epoch, position = divmod(step, steps_per_epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        batch = order[position * batch_size:(position + 1) * batch_size]
-        if len(batch) < batch_size:  # the epoch's last, short batch is filled from its start
-            batch = np.concatenate([batch, order[:batch_size - len(batch)]])
-        torch.manual_seed(step_seed(seed, rank, step))  # dropout: per step and rank, as in pretraining
-        loss_sum = torch.zeros((), device=device)
-        for k in range(accumulation):
-            first = (rank * accumulation + k) * micro
-            out = engine(**collate(data.train, batch[first:first + micro].tolist(), use_segments, regression, device))
-            engine.backward(out["loss"])
-            engine.step()
-            loss_sum += out["loss"].detach().float()
-        losses.append(loss_sum / accumulation)
-        if bar is not None:
-            bar.update(1)
-        if (step + 1) % eval_every == 0 or step + 1 == total:
-            train_loss = training_loss(losses, step + 1, world, f"task {task.name} seed {seed}")
-            losses = []
-            scores, predictions = evaluate(engine, task, data, micro, use_segments, rank, world, device)
-            last = {"step": step + 1, **scores, "train_loss": train_loss}
-            undefined = [k for k, v in scores.items() if v is None]
-            if undefined and rank == 0:
-                logger.warning("%s seed %d step %d: %s undefined on these predictions (all equal?), recorded as null",
-                               task.name, seed, step + 1, ", ".join(undefined))
-            score = metrics.selection_score(last, metrics.metric_keys(data.metrics, data.dev), task.selection)
-            if best is None or metrics.better(score, best["selection_score"]):
-                best = {**last, "selection_score": score, "predictions": predictions}
-                if cfg.export and rank == 0:
-                    best_state = {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
-            if log is not None:
-                log({"task": task.name, "seed": seed, **last})
-            if rank == 0:
-                logger.info("%s seed %d step %d: %s", task.name, seed, step + 1,
-                            ", ".join(f"{k} {_number(v)}" for k, v in last.items() if k != "step"))
+    try:  # a non-finite loss raises: the engine is released all the same (a grid trains on)
+        for step in range(total):
+            torch.manual_seed(step_seed(seed, rank, step))  # dropout: per step and rank, as in pretraining
+            batch = batch_indices(n, batch_size, steps_per_epoch, seed, step)
+            loss_sum = torch.zeros((), device=device)
+            for k in range(accumulation):
+                first = (rank * accumulation + k) * micro
+                out = engine(**collate(data.train, batch[first:first + micro].tolist(), use_segments, regression,
+                                       device))
+                engine.backward(out["loss"])
+                engine.step()
+                loss_sum += out["loss"].detach().float()
+            losses.append(loss_sum / accumulation)
             if bar is not None:
-                bar.set_postfix(**{k: _number(v) for k, v in last.items() if k not in ("step",)})
-    if bar is not None:
-        bar.close()
+                bar.update(1)
+            if (step + 1) % eval_every == 0 or step + 1 == total:
+                train_loss = training_loss(losses, step + 1, world, f"task {task.name} seed {seed}")
+                losses = []
+                scores, predictions = evaluate(engine, task, data, micro, use_segments, rank, world, device)
+                last = {"step": step + 1, **scores, "train_loss": train_loss}
+                score = metrics.selection_score(last, metrics.metric_keys(data.metrics, data.dev), task.selection)
+                if best is None or metrics.better(score, best["selection_score"]):
+                    best = {**last, "selection_score": score, "predictions": predictions}
+                    if cfg.export and rank == 0:
+                        best_state = {k: v.detach().float().cpu().clone()
+                                      for k, v in engine.module.state_dict().items()}
+                report(last, task.name, seed, rank, log, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.destroy()
     out = {"seed": seed, "best": best, "last": last, "steps": total, "train_examples": n,
            "num_labels": data.num_labels, "problem": data.problem}
     if cfg.export and rank == 0:
         out["state"] = best_state
-    engine.destroy()
     return out
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss of a fine-tuning run turned NaN or infinite; the message names task, seed and step."""
+
+
+def batch_indices(n: int, batch_size: int, steps_per_epoch: int, seed: int, step: int) -> np.ndarray:
+    """The examples of ``step``: the epoch's permutation (by seed and epoch), its last, short batch filled from its
+    start."""
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    batch = order[position * batch_size:(position + 1) * batch_size]
+    return np.concatenate([batch, order[:batch_size - len(batch)]]) if len(batch) < batch_size else batch
+
+
+def report(evaluation: dict, task_name: str, seed: int, rank: int, log, bar) -> None:
+    """A dev evaluation to wandb (``log``), the log (rank 0) and the progress bar; undefined scores are said."""
+    undefined = [k for k, v in evaluation.items() if v is None]
+    if undefined and rank == 0:
+        logger.warning("%s seed %d step %d: %s undefined on these predictions (all equal?), recorded as null",
+                       task_name, seed, evaluation["step"], ", ".join(undefined))
+    if log is not None:
+        log({"task": task_name, "seed": seed, **evaluation})
+    if rank == 0:
+        logger.info("%s seed %d step %d: %s", task_name, seed, evaluation["step"],
+                    ", ".join(f"{k} {_number(v)}" for k, v in evaluation.items() if k != "step"))
+    if bar is not None:
+        bar.set_postfix(**{k: _number(v) for k, v in evaluation.items() if k != "step"})
 
 
 def training_loss(losses: list, step: int, world: int, what: str) -> float:
@@ -213,7 +232,7 @@ def training_loss(losses: list, step: int, world: int, what: str) -> float:
     bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
     if bad:
         first = step - len(losses) + bad[0] + 1
-        raise ValueError(f"{what}: the training loss is {values[bad[0]].item()} at step {first}; training stopped "
+        raise NonFiniteLoss(f"{what}: the training loss is {values[bad[0]].item()} at step {first}; training stopped "
                          f"and nothing was written for this task (a lower task.recipe.lr may help)")
     return float(values.mean())
 

@@ -17,7 +17,8 @@ def group_settings(cfg) -> list[tuple[str, dict]]:
     decay, no_decay = {"weight_decay": cfg.optim.weight_decay}, {"weight_decay": 0.0}
     if cfg.objective == "rtd" and cfg.rtd.discriminator_lr:
         lr = {"lr": cfg.rtd.discriminator_lr}
-        return [("", decay), ("", no_decay), ("discriminator.", {**decay, **lr}), ("discriminator.", {**no_decay, **lr})]
+        return [("", decay), ("", no_decay),
+                ("discriminator.", {**decay, **lr}), ("discriminator.", {**no_decay, **lr})]
     return [("", decay), ("", no_decay)]
 
 
