@@ -36,6 +36,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def single_process_world():
+    """In-process fine-tuning (``run_finetune``) starts a one-process torch.distributed world, and DeepSpeed caches
+    its groups: one world serves every module of this test process that uses it, and is closed at the end."""
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    import deepspeed.comm.comm as ds_comm  # noqa: PLC0415
+
+    ds_comm.cdb = None
+
+
 def small_config(generation: str, position_biased_input: bool = False, **overrides) -> dict:
     """A small v1 or v3-style config dict (the release schema), cheap enough for exhaustive checks."""
     base = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=97,

@@ -1,26 +1,14 @@
-"""Running ``run_finetune`` in the test process, as ``launch/finetune.py`` would, on small model folders."""
+"""Running ``run_finetune`` in the test process, as ``launch/finetune.py`` would, on small model folders. A module
+that does marks itself ``pytest.mark.usefixtures("single_process_world")`` (conftest.py)."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from conftest import small_config, train_spm
 from pretrain_helpers import ROOT
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_process_world():
-    """run_finetune starts a one-process torch.distributed world in this process: leave none (and no port held)
-    behind for the next test file of this worker. Import it into a test module to use it there."""
-    yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    import deepspeed.comm.comm as ds_comm  # noqa: PLC0415
-
-    ds_comm.cdb = None
 
 
 def compose(*overrides):

@@ -199,7 +199,7 @@ def test_custom_task_from_csv_infers_the_problem(encoder, tmp_path):
                 writer.writerow([q, p, ["no", "yes"][i % 2], f"{(i % 7) / 3:.3f}"])
     common = [f"checkpoint={encoder}", "task=custom", f"task.train={tmp_path}/train.csv",
               f"task.validation={tmp_path}/dev.csv", "task.text_fields=[question,passage]",
-              "task.recipe.max_length=32", "task.recipe.batch_size=8", "train.max_steps=2"]
+              "task.recipe.max_length=32", "task.recipe.batch_size=8", "task.recipe.lr=1e-4", "train.max_steps=2"]
     finetune(*common, "task.label_field=answer", f"output={tmp_path}/cls")
     record = json.loads((tmp_path / "cls" / "custom.json").read_text())
     assert record["problem"] == "classification" and record["labels"] == ["no", "yes"]

@@ -12,7 +12,9 @@ import random
 import numpy as np
 import pytest
 
-from finetune_helpers import finetune, model_folder, single_process_world  # noqa: F401 (a fixture)
+from finetune_helpers import finetune, model_folder
+
+pytestmark = pytest.mark.usefixtures("single_process_world")  # run_finetune in this process
 
 QUIET = ["logging.wandb.mode=disabled", "logging.progress_bar=false"]
 CLASS_WORDS = {"sport": "goal match team coach league score player stadium referee season".split(),
@@ -63,8 +65,9 @@ def test_the_defaults_train_a_small_model_and_a_base_models_rate_alone_is_flagge
 
     flagged = finetune(*custom(train, dev, tmp_path / "base-rate", quickstart_shaped, "task.recipe.lr=2e-5"))
     warning = flagged["tasks"]["custom"]["warning"]
-    assert warning.startswith("task custom: nothing was learned with task.recipe.lr=2e-05 (")
-    assert "task.recipe.lr='[1e-4,3e-4,1e-3]'" in warning
+    assert warning.startswith("task custom: nothing was learned with lr 2e-05 (1 of 1 seeds; ")
+    assert "the learning rate is likely too low for the model's size: try higher rates, e.g. " \
+           "task.recipe.lr='[6e-05,0.0002]'" in warning
     assert f"- warning: {warning}" in (tmp_path / "base-rate" / "results.md").read_text()
 
 
@@ -100,3 +103,67 @@ def test_a_grid_trains_each_run_once_and_is_chosen_by_the_median_over_seeds(quic
     grown = finetune(*common, "task.recipe.lr=[1e-5,3e-4,1e-3]")["tasks"]["custom"]
     assert sorted(trained) == [(1e-3, 1), (1e-3, 2)] and len(grown["runs"]) == 6
     assert len(grown["grid"]) == 3
+
+
+# ---- the choice and the diagnosis on made-up runs (no training) ----------------------------------------------------
+def made_up(seed, lr, selection, accuracy=None, diverged=False):
+    point = {"lr": lr, "epochs": 3, "batch_size": 32, "warmup_steps": None}
+    if diverged:
+        return {"seed": seed, "recipe": point, "best": None, "last": None, "diverged": "nan at step 2"}
+    accuracy = selection if accuracy is None else accuracy
+    return {"seed": seed, "recipe": point, "best": {"step": 4, "selection_score": selection, "accuracy": accuracy}}
+
+
+def test_the_choice_is_the_best_median_over_seeds_and_a_diverged_seed_counts_as_the_worst():
+    from deberta_pretrain.finetune.grid import choose, grid_points, runs_by_key
+    from deberta_pretrain.finetune.suite import missing_runs, summarize
+
+    recipe = {"lr": [1e-5, 3e-5, 1e-4], "epochs": 3.0, "batch_size": 32, "warmup_steps": None}
+    runs = [made_up(1, 1e-5, 0.70), made_up(2, 1e-5, 0.71), made_up(3, 1e-5, 0.72),  # median 0.71
+            made_up(1, 3e-5, 0.50), made_up(2, 3e-5, 0.74), made_up(3, 3e-5, 0.75),  # median 0.74 (mean 0.66)
+            made_up(1, 1e-4, 0.90), made_up(2, 1e-4, 0.0, diverged=True), made_up(3, 1e-4, 0.0, diverged=True)]
+    points = grid_points(recipe)
+    chosen, chosen_runs, scored = choose(runs_by_key(runs), points, [1, 2, 3])
+    assert chosen["lr"] == 3e-5 and [r["seed"] for r in chosen_runs] == [1, 2, 3]
+    assert [median for _, median in scored] == [pytest.approx(0.71), pytest.approx(0.74), None]
+    assert summarize(chosen_runs)["accuracy"] == {"median": 0.74, "min": 0.5, "max": 0.75}
+    assert summarize(runs[-3:])["accuracy"] == {"median": 0.9, "min": 0.9, "max": 0.9, "diverged_seeds": 2}
+    assert choose(runs_by_key(runs), points, [1])[0]["lr"] == 1e-4  # one seed: its best point
+    task = {"recipe": recipe}
+    from omegaconf import OmegaConf
+
+    record = {"runs": runs}
+    assert missing_runs(OmegaConf.create(task), [1, 2, 3], record) == []  # 3.0 epochs here, 3 in the runs
+    grown = OmegaConf.create({"recipe": {**recipe, "lr": [1e-5, 3e-4]}})
+    assert missing_runs(grown, [1, 4], record) == [(p, s) for p in grid_points(grown.recipe) for s in (1, 4)
+                                                   if not (p["lr"] == 1e-5 and s == 1)]
+    everything_diverged = [made_up(1, lr, 0, diverged=True) for lr in (1e-5, 3e-5, 1e-4)]
+    with pytest.raises(ValueError, match="every run of the grid .* diverged"):
+        choose(runs_by_key(everything_diverged), points, [1])
+
+
+def test_nothing_learned_is_judged_against_a_constant_prediction_and_the_label_prior():
+    from deberta_pretrain.finetune.metrics import compute, learned_nothing, selection_score
+
+    train = [0] * 70 + [1] * 30  # imbalanced, as CoLA: accuracy alone would flag a model that learned
+    dev = [0] * 7 + [1] * 3
+    predictions = [0, 0, 0, 0, 0, 0, 1, 1, 1, 0]  # 8 of 10 right: MCC about 0.52
+    mcc = selection_score(compute(["mcc"], predictions, dev), ["mcc"], None)
+    learned = {"final_train_loss": 0.45, "best": {"selection_score": mcc, "predictions": {"validation": predictions}}}
+    assert learned_nothing(learned, train, {"validation": dev}, "classification", ["mcc"], None) is None
+    constant = {"final_train_loss": 0.45, "best": {"selection_score": 0.0}}  # what predicting one class gives
+    assert "a constant prediction scores 0.000" in learned_nothing(constant, train, {"validation": dev},
+                                                                   "classification", ["mcc"], None)
+    prior = -(0.7 * np.log(0.7) + 0.3 * np.log(0.3))
+    flat = {"final_train_loss": 0.62, "best": {"selection_score": mcc}}
+    assert learned_nothing(flat, train, {"validation": dev}, "classification", ["mcc"], None) == \
+        f"final training loss 0.620, predicting the label prior {prior:.3f}"
+    two_splits = {"validation_matched": dev, "validation_mismatched": dev}  # MNLI-like: the keys carry the split
+    assert learned_nothing({"final_train_loss": 0.4, "best": {"selection_score": 0.8}}, train, two_splits,
+                           "classification", ["accuracy"], None) is None
+    values = [0.5, 1.5, 2.5, 3.5]  # regression: a constant's correlation is undefined, counted as 0
+    assert learned_nothing({"final_train_loss": 0.2, "best": {"selection_score": 0.6}}, values, {"validation": values},
+                           "regression", ["pearson"], None) is None
+    assert "best dev score undefined" in learned_nothing({"final_train_loss": 0.2, "best": {"selection_score": None}},
+                                                         values, {"validation": values}, "regression", ["pearson"],
+                                                         None)

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from finetune_helpers import compose, finetune, model_folder, single_process_world  # noqa: F401 (a fixture)
+from finetune_helpers import compose, finetune, model_folder
 from pretrain_helpers import ROOT
+
+pytestmark = pytest.mark.usefixtures("single_process_world")  # run_finetune in this process
 
 TEXTS = ["the cat sat on the mat", "a dog ran across the park", "numbers add up to ten", "rain fell all day long",
          "she read the whole book", "the train left at noon", "birds sang in the tall trees", "he fixed the old bike"]
 QUICK = ["logging.wandb.mode=disabled", "logging.progress_bar=false", "train.max_steps=2"]
-SMALL_RECIPE = ["task.recipe.max_length=32", "task.recipe.batch_size=4", "task.recipe.warmup_steps=0"]
+SMALL_RECIPE = ["task.recipe.max_length=32", "task.recipe.batch_size=4", "task.recipe.warmup_steps=0",
+                "task.recipe.lr=1e-4"]  # one rate: a custom task's default is a grid of three
 ABSENT = object()
 
 
@@ -328,8 +331,8 @@ def test_a_training_loss_that_is_not_finite_stops_naming_task_seed_and_step(enco
     """A learning rate far too high: the built-in task stops at the first non-finite loss, nothing is written."""
     out = tmp_path / "out"
     before = snapshot(encoder)
-    with pytest.raises(ValueError, match=r"task python-help seed 3: the training loss is nan at step 2; training "
-                                         r"stopped and nothing was written"):
+    with pytest.raises(ValueError, match=r"task python-help seed 3: the training loss is nan at step 2; this run "
+                                         r"stopped"):
         run(encoder, out, "task=python-help", *SMALL_RECIPE, "task.recipe.lr=1e30", "seeds=[3]", "train.max_steps=3",
             "train.max_train_samples=32", "train.max_eval_samples=8")
     assert os.listdir(out) == ["finetune.json"] and snapshot(encoder) == before  # the folder's marker, no results

@@ -10,21 +10,23 @@ A run is identified by its seed and its point, so a grid that grows trains only 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from .metrics import better
-
 GRID_KEYS = ("lr", "epochs", "batch_size", "warmup_steps")
+# Each key's values as one type, so that 3 and 3.0 (or a value read back from JSON) name the same run.
+NORMAL = {"lr": float, "epochs": float, "batch_size": int, "warmup_steps": lambda v: None if v is None else int(v)}
 
 
 def grid_values(recipe) -> dict:
-    """{key: [values]} of the grid keys of ``recipe`` (a scalar is a list of one)."""
+    """{key: [values]} of the grid keys of ``recipe`` (a scalar is a list of one), each of its key's type."""
     values = {}
     for key in GRID_KEYS:
         value = recipe[key]
-        values[key] = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
+        listed = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
+        values[key] = [NORMAL[key](v) for v in listed]
     return values
 
 
@@ -41,31 +43,64 @@ def with_point(task, point: dict):
     return OmegaConf.create(fields)
 
 
+def point_key(point: dict) -> str:
+    """What identifies a point of a grid: its values, each of its key's type."""
+    return " ".join(f"{key} {NORMAL[key](point[key])}" for key in GRID_KEYS)
+
+
 def run_key(seed: int, point: dict) -> str:
     """What identifies a run of a task: its seed and its point."""
-    return "seed {} {}".format(seed, " ".join(f"{key} {point[key]}" for key in GRID_KEYS))
+    return f"seed {int(seed)} {point_key(point)}"
+
+
+def runs_by_key(runs: list) -> dict:
+    """{run key: run} of a task's recorded runs."""
+    return {run_key(run["seed"], run["recipe"]): run for run in runs}
 
 
 def describe(point: dict, points: list) -> str:
     """The keys in which ``points`` differ, with ``point``'s values (``lr 0.0005``); '' for a single point."""
     varying = [key for key in GRID_KEYS if len({p[key] for p in points}) > 1]
-    return ", ".join(f"{key} {point[key]:g}" if isinstance(point[key], float) else f"{key} {point[key]}"
-                     for key in varying)
+
+    def show(key):
+        if point[key] is None:  # warmup_steps null
+            return "warmup 6 %"
+        return f"{key} {point[key]:g}" if isinstance(point[key], float) else f"{key} {point[key]}"
+
+    return ", ".join(show(key) for key in varying)
 
 
-def median_score(runs: list) -> float | None:
-    """The median over ``runs`` of their best dev selection score (over the runs where it is defined: not a run that
-    diverged)."""
-    scores = [r["best"]["selection_score"] for r in runs if r["best"] and r["best"]["selection_score"] is not None]
-    return float(np.median(scores)) if scores else None
+def score(run: dict) -> float:
+    """A run's best dev selection score; -inf for a run that diverged or whose score is undefined, so that a point
+    whose seeds fail cannot win on the seeds that did not."""
+    best = run.get("best")
+    return -math.inf if not best or best["selection_score"] is None else best["selection_score"]
 
 
 def choose(runs: dict, points: list, seeds: list) -> tuple[dict, list, list]:
-    """(the chosen point, its runs, [(point, median score)] of every point): the point with the best median dev
-    score over ``seeds``; ``runs`` maps :func:`run_key` to a run."""
-    scored = [(point, median_score([runs[run_key(seed, point)] for seed in seeds])) for point in points]
-    chosen = scored[0]
-    for candidate in scored[1:]:
-        if better(candidate[1], chosen[1]):
-            chosen = candidate
+    """(the chosen point, its runs, [(point, median score or None)] of every point): the point with the best median
+    dev score over ``seeds`` (a diverged run counts as the worst score); ``runs`` maps :func:`run_key` to a run.
+    ``ValueError`` when every run of every point diverged."""
+    scored, chosen = [], None
+    for point in points:
+        point_runs = [runs[run_key(seed, point)] for seed in seeds]
+        median = float(np.median([score(run) for run in point_runs]))
+        scored.append((point, median if math.isfinite(median) else None))
+        trained = any(run.get("best") for run in point_runs)
+        if trained and (chosen is None or median > chosen[1]):
+            chosen = (point, median)
+    if chosen is None:
+        raise ValueError(f"every run of the grid {[describe(p, points) or p for p in points]} diverged: try lower "
+                         f"learning rates")
     return chosen[0], [runs[run_key(seed, chosen[0])] for seed in seeds], scored
+
+
+def advice(chosen: dict, points: list, key: str) -> str:
+    """What to change when the chosen setting learned nothing (``key``: where the rate is set): rates above the
+    grid's highest when that was chosen (too low a rate is the usual cause: a base model's rate does not move a
+    small model), else more epochs (higher rates were worse or diverged)."""
+    highest = max(point["lr"] for point in points)
+    if chosen["lr"] == highest:
+        return (f"the learning rate is likely too low for the model's size: try higher rates, e.g. "
+                f"{key}='[{highest * 3:g},{highest * 10:g}]'")
+    return f"higher rates did worse or diverged: try more epochs ({key.rsplit('.', 1)[0]}.epochs)"

@@ -97,24 +97,33 @@ def prior_loss(targets: list, problem: str) -> float:
     return float(-(shares * np.log(shares)).sum())
 
 
-def majority_share(targets: list) -> float:
-    """The accuracy of always predicting the most frequent class of ``targets``."""
-    counts = np.bincount(np.asarray(targets, dtype=np.int64))
-    return float(counts.max() / counts.sum())
+def constant_score(train_targets: list, dev_targets: dict, problem: str, names, selection: str | None) -> float:
+    """The best dev selection score of a model that learned nothing from the text: one that predicts the same for
+    every example (any one class; for regression the training mean). An undefined score (the correlation of a
+    constant) counts as 0."""
+    constants = sorted(set(train_targets)) if problem == "classification" else [float(np.mean(train_targets))]
+    best = -math.inf
+    for constant in constants:
+        scores = {}
+        for split, targets in dev_targets.items():
+            suffix = "" if len(dev_targets) == 1 else f"_{split}"
+            scores.update({f"{k}{suffix}": v for k, v in compute(names, [constant] * len(targets), targets).items()})
+        value = selection_score(scores, metric_keys(names, dev_targets), selection)
+        best = max(best, 0.0 if value is None else value)
+    return best
 
 
-def learned_nothing(run: dict, train_targets: list, dev_targets: dict, problem: str) -> str | None:
-    """Why ``run`` (a fine-tuning run's record) learned nothing, or None: for a classification, its best dev
-    predictions are no more accurate than always predicting the majority class of a dev split; for a regression,
-    its last training loss is not clearly below that of predicting the labels' mean. The message gives the
-    training loss beside that of predicting the label prior (:func:`prior_loss`)."""
-    loss, prior = run["last"]["train_loss"], prior_loss(train_targets, problem)
-    losses = f"training loss {loss:.3f}, predicting the label prior {prior:.3f}"
-    if problem == "regression":
-        return losses if loss >= 0.95 * prior else None
-    for split, targets in dev_targets.items():
-        accuracy = float(np.mean(np.asarray(run["best"]["predictions"][split]) == np.asarray(targets)))
-        if accuracy <= majority_share(targets) + 1e-9:
-            majority = majority_share(targets)
-            return f"dev accuracy {accuracy:.3f} on {split}, its majority class {majority:.3f}; {losses}"
+def learned_nothing(run: dict, train_targets: list, dev_targets: dict, problem: str, names,
+                    selection: str | None) -> str | None:
+    """Why ``run`` (a fine-tuning run's record) learned nothing, or None: its final training loss (over its last
+    steps) did not fall below that of predicting the label prior (:func:`prior_loss`), or its best dev score is no
+    better than that of a constant prediction (:func:`constant_score`)."""
+    loss, prior = run["final_train_loss"], prior_loss(train_targets, problem)
+    if loss >= prior:
+        return f"final training loss {loss:.3f}, predicting the label prior {prior:.3f}"
+    best, constant = run["best"]["selection_score"], constant_score(train_targets, dev_targets, problem, names,
+                                                                    selection)
+    if best is None or best <= constant + 1e-9:
+        shown = "undefined" if best is None else f"{best:.3f}"
+        return f"best dev score {shown}, a constant prediction scores {constant:.3f}"
     return None

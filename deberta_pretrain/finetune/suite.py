@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from datetime import datetime
 
@@ -29,7 +28,8 @@ from ..config_keys import ABSENT, changed_keys
 from ..fileio import claim_output, sha256_file, write_json_atomic
 from ..training.distributed import init_distributed, on_cpu
 from .data import load_task, split_files, suite_tasks
-from .grid import GRID_KEYS, choose, describe, grid_points, run_key, with_point
+from .grid import (GRID_KEYS, advice, choose, describe, grid_points, point_key, run_key, runs_by_key, score,
+                   with_point)
 from .metrics import learned_nothing
 from .pretrained import load_pretrained
 from .trainer import NonFiniteLoss, TaskData, finetune_once
@@ -108,21 +108,24 @@ def earlier_record(task, out: str, settings: dict) -> dict:
 
 def missing_runs(task, seeds, record: dict) -> list:
     """(point, seed) of every run of ``task``'s grid and ``seeds`` that ``record`` does not hold."""
-    done = {run_key(run["seed"], run["recipe"]) for run in record.get("runs", [])}
+    done = runs_by_key(record.get("runs", []))
     return [(point, seed) for point in grid_points(task.recipe) for seed in seeds if run_key(seed, point) not in done]
 
 
 def summarize(runs: list[dict]) -> dict:
     """Median, min and max over seeds of each best-dev metric, over the seeds where it is defined (null where it is
-    defined for none; ``undefined_seeds`` counts the others)."""
-    keys = [k for k in runs[0]["best"] if k not in ("step", "selection_score", "train_loss", "predictions")]
+    defined for none; ``undefined_seeds`` counts the others, ``diverged_seeds`` the runs whose loss diverged)."""
+    trained = [r for r in runs if r.get("best")]
+    keys = [k for k in trained[0]["best"] if k not in ("step", "selection_score", "train_loss", "predictions")]
     summary = {}
     for key in keys:
-        values = [r["best"][key] for r in runs if r["best"][key] is not None]
+        values = [r["best"][key] for r in trained if r["best"][key] is not None]
         summary[key] = ({"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
                         if values else {"median": None, "min": None, "max": None})
-        if len(values) < len(runs):
-            summary[key]["undefined_seeds"] = len(runs) - len(values)
+        if len(values) < len(trained):
+            summary[key]["undefined_seeds"] = len(trained) - len(values)
+        if len(trained) < len(runs):
+            summary[key]["diverged_seeds"] = len(runs) - len(trained)
     return summary
 
 
@@ -197,16 +200,19 @@ def run_finetune(cfg) -> dict:
                "pretraining_step": None if cfg.from_scratch else pretrained.step, "seeds": seeds, "tasks": {}}
     for task in tasks:
         record = {**records[task.name], "settings": settings[task.name]}
-        runs = {run_key(run["seed"], run["recipe"]): run for run in record.get("runs", [])}
-        states, data = {}, None
+        record.pop("export", None)  # said again below, for the run it is of
+        runs = runs_by_key(record.get("runs", []))
+        states, data = {}, None  # states: the best run's weights of each point trained now (export=true)
         if not todo[task.name]:
             logger.info("%s: every run finished earlier with these settings, skipped (%s)", task.name,
                         os.path.join(out, f"{task.name}.json"))
         for point, seed in todo[task.name]:
             data = data or prepared.pop(task.name, None) or TaskData(cfg, task, pretrained.tokenizer)
             run = train_run(cfg, task, point, seed, pretrained, data, (rank, world, device), log)
-            states[run_key(seed, point)] = run.pop("state", None)
-            runs[run_key(seed, point)] = run
+            state, key, kept = run.pop("state", None), run_key(seed, point), states.get(point_key(point))
+            if state is not None and (kept is None or score(run) > score(runs[kept[0]])):
+                states[point_key(point)] = (key, state)
+            runs[key] = run
             record.update(problem=data.problem, labels=list(data.labels), runs=list(runs.values()))
             if rank == 0:  # after every run: an interrupted grid resumes where it stopped
                 write_json_atomic(os.path.join(out, f"{task.name}.json"), record)
@@ -227,12 +233,13 @@ def train_run(cfg, task, point: dict, seed: int, pretrained, data, where: tuple,
     except NonFiniteLoss as e:
         if len(grid_points(task.recipe)) == 1:
             raise
-        logger.warning("%s (grid point %s: recorded as diverged)", e, run_key(seed, point))
+        if where[0] == 0:
+            logger.warning("%s (grid point %s: recorded as diverged)", e, run_key(seed, point))
         return {"seed": seed, "recipe": point, "best": None, "last": None, "diverged": str(e),
                 "nothing_learned": "diverged"}
     dev_targets = {split: dev["labels"] for split, dev in data.dev.items()}
-    return {**run, "recipe": point,
-            "nothing_learned": learned_nothing(run, data.train["labels"], dev_targets, data.problem)}
+    why = learned_nothing(run, data.train["labels"], dev_targets, data.problem, data.metrics, task.selection)
+    return {**run, "recipe": point, "nothing_learned": why}
 
 
 def start_wandb(cfg, suite: str, out: str):
@@ -249,35 +256,51 @@ def task_record(cfg, task, seeds: list, record: dict, runs: dict, states: dict, 
                 rank: int) -> dict:
     """A task's record: every run (this command's and earlier ones), the grid's median dev scores, the chosen
     setting and its summary over seeds, and a warning when its runs learned nothing; rank 0 exports the chosen
-    setting's best seed (``export=true``, when it was trained now) and writes ``<out>/<task>.json``."""
+    setting's best seed (``export=true``) and writes ``<out>/<task>.json``."""
     points = grid_points(task.recipe)
-    chosen, chosen_runs, scored = choose(runs, points, seeds)
-    chosen_runs = [run for run in chosen_runs if run["best"] is not None]
-    if not chosen_runs:
-        raise NonFiniteLoss(f"task {task.name}: the training loss turned non-finite at every point of the grid "
-                            f"{[point['lr'] for point in points]} (task.recipe.lr): try lower rates")
+    try:
+        chosen, chosen_runs, scored = choose(runs, points, seeds)
+    except ValueError as e:
+        raise NonFiniteLoss(f"task {task.name}: {e}") from None
     setting = describe(chosen, points)
     record.update(runs=list(runs.values()), summary=summarize(chosen_runs), chosen={**chosen, "described": setting},
-                  grid=[{"recipe": point, "median_selection_score": score} for point, score in scored])
-    reasons = [run["nothing_learned"] for run in chosen_runs if run.get("nothing_learned")]
-    record["warning"] = None
-    if reasons:
-        record["warning"] = (f"task {task.name}: nothing was learned with task.recipe.lr={chosen['lr']:g} "
-                             f"({reasons[0]}). The usual cause is a learning rate too low for the model's size (a "
-                             f"base model's GLUE rate does not move a small one): give a grid, e.g. "
-                             f"task.recipe.lr='[1e-4,3e-4,1e-3]', or more task.recipe.epochs")
-        if rank == 0:
-            logger.warning(record["warning"])
+                  grid=[{"recipe": point, "median_selection_score": median} for point, median in scored],
+                  warning=nothing_learned_warning(cfg, task, chosen, chosen_runs, points))
+    if record["warning"] and rank == 0:
+        logger.warning(record["warning"])
     if rank == 0:
-        best = max(chosen_runs, key=lambda run: -math.inf if run["best"]["selection_score"] is None
-                   else run["best"]["selection_score"])
-        state = states.get(run_key(best["seed"], chosen))
-        if cfg.export and state is not None:
-            from .export import export_classifier  # noqa: PLC0415
-
-            record["export"] = export_classifier(state, pretrained, data, os.path.join(out, task.name))
+        if cfg.export:
+            export_chosen(record, task, chosen, chosen_runs, states, pretrained, data, out)
         write_json_atomic(os.path.join(out, f"{task.name}.json"), record)
     return record
+
+
+def nothing_learned_warning(cfg, task, chosen: dict, chosen_runs: list, points: list) -> str | None:
+    """A warning when at least half of the chosen setting's seeds learned nothing, with the likely cause and the key
+    to change (``+suite.overrides.recipe.lr`` in a suite)."""
+    reasons = [run["nothing_learned"] for run in chosen_runs if run.get("nothing_learned")]
+    if not reasons or 2 * len(reasons) < len(chosen_runs):
+        return None
+    key = "+suite.overrides.recipe.lr" if cfg.suite else "task.recipe.lr"
+    return (f"task {task.name}: nothing was learned with {describe(chosen, points) or 'lr {:g}'.format(chosen['lr'])}"
+            f" ({len(reasons)} of {len(chosen_runs)} seeds; {reasons[0]}); {advice(chosen, points, key)}")
+
+
+def export_chosen(record: dict, task, chosen: dict, chosen_runs: list, states: dict, pretrained, data,
+                  out: str) -> None:
+    """Export the chosen setting's best seed to ``<out>/<task>/`` when its weights are at hand (it was trained by
+    this command); else say that the export is not of it."""
+    best = max(chosen_runs, key=score)
+    kept = states.get(point_key(chosen))
+    if kept is None or kept[0] != run_key(best["seed"], chosen):
+        logger.warning("%s: the chosen setting's best run (%s) was trained by an earlier command, whose weights are "
+                       "not kept: no export; delete %s and run again to export it", task.name,
+                       run_key(best["seed"], chosen), os.path.join(out, f"{task.name}.json"))
+        return
+    from .export import export_classifier  # noqa: PLC0415
+
+    record["export"] = {"folder": export_classifier(kept[1], pretrained, data, os.path.join(out, task.name)),
+                        "run": kept[0]}
 
 
 def write_results(results: dict, out: str, wandb_run) -> None:

@@ -132,14 +132,7 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
     """Train one seed; returns the best dev evaluation (and its step), the last one, and the run's sizes."""
     recipe = task.recipe
     torch.manual_seed(seed)
-    model = SequenceClassificationModel(classifier_config(pretrained.config), num_labels=data.num_labels,
-                                        drop_out=recipe.cls_dropout)
-    if not cfg.from_scratch:
-        encoder = {k: v for k, v in pretrained.state.items() if k.startswith("deberta.")}
-        result = model.load_state_dict(encoder, strict=False)
-        fresh = sorted(k for k in result.missing_keys if not k.startswith(("pooler.", "classifier.")))
-        if fresh:
-            raise ValueError(f"checkpoint {cfg.checkpoint} lacks encoder weights: {fresh[:5]}...")
+    model = classifier(cfg, pretrained, data.num_labels, recipe.cls_dropout)
     n = len(data.train["input_ids"])
     batch_size = int(recipe.batch_size)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -150,7 +143,7 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
     use_segments = pretrained.config.type_vocab_size > 0
     regression = data.problem == "regression"
     eval_every = cfg.train.eval_every or steps_per_epoch
-    best, last, losses = None, None, []
+    best, last, losses, tail = None, None, [], []  # tail: the last steps' losses, for the final training loss
     bar = None
     if rank == 0 and cfg.logging.progress_bar:
         from tqdm import tqdm  # noqa: PLC0415
@@ -169,6 +162,7 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
                 engine.step()
                 loss_sum += out["loss"].detach().float()
             losses.append(loss_sum / accumulation)
+            tail = (tail + [losses[-1]])[-max(1, total // 10):]
             if bar is not None:
                 bar.update(1)
             if (step + 1) % eval_every == 0 or step + 1 == total:
@@ -182,13 +176,14 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
                     if cfg.export and rank == 0:
                         best_state = {k: v.detach().float().cpu().clone()
                                       for k, v in engine.module.state_dict().items()}
-                report(last, task.name, seed, rank, log, bar)
+                report({**last, "lr": recipe.lr}, task.name, seed, rank, log, bar)
     finally:
         if bar is not None:
             bar.close()
         engine.destroy()
-    out = {"seed": seed, "best": best, "last": last, "steps": total, "train_examples": n,
-           "num_labels": data.num_labels, "problem": data.problem}
+    final_loss = training_loss(tail, total, world, f"task {task.name} seed {seed}")
+    out = {"seed": seed, "best": best, "last": last, "final_train_loss": final_loss, "steps": total,
+           "train_examples": n, "num_labels": data.num_labels, "problem": data.problem}
     if cfg.export and rank == 0:
         out["state"] = best_state
     return out
@@ -196,6 +191,19 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
 
 class NonFiniteLoss(ValueError):
     """The training loss of a fine-tuning run turned NaN or infinite; the message names task, seed and step."""
+
+
+def classifier(cfg, pretrained, num_labels: int, dropout: float) -> SequenceClassificationModel:
+    """The classifier on the pretrained encoder (``from_scratch``: freshly initialised); ``ValueError`` when the
+    checkpoint lacks encoder weights."""
+    model = SequenceClassificationModel(classifier_config(pretrained.config), num_labels=num_labels, drop_out=dropout)
+    if not cfg.from_scratch:
+        encoder = {k: v for k, v in pretrained.state.items() if k.startswith("deberta.")}
+        result = model.load_state_dict(encoder, strict=False)
+        fresh = sorted(k for k in result.missing_keys if not k.startswith(("pooler.", "classifier.")))
+        if fresh:
+            raise ValueError(f"checkpoint {cfg.checkpoint} lacks encoder weights: {fresh[:5]}...")
+    return model
 
 
 def batch_indices(n: int, batch_size: int, steps_per_epoch: int, seed: int, step: int) -> np.ndarray:
@@ -232,8 +240,8 @@ def training_loss(losses: list, step: int, world: int, what: str) -> float:
     bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
     if bad:
         first = step - len(losses) + bad[0] + 1
-        raise NonFiniteLoss(f"{what}: the training loss is {values[bad[0]].item()} at step {first}; training stopped "
-                         f"and nothing was written for this task (a lower task.recipe.lr may help)")
+        raise NonFiniteLoss(f"{what}: the training loss is {values[bad[0]].item()} at step {first}; this run "
+                            f"stopped (a lower task.recipe.lr may help)")
     return float(values.mean())
 
 
