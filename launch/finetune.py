@@ -5,6 +5,10 @@
     python launch/finetune.py checkpoint=deberta-v3-base task=custom task.train=my/train.jsonl \
         task.validation=my/dev.jsonl task.text_fields='[question,passage]' task.label_field=label
     python launch/finetune.py checkpoint=outputs/base1/checkpoints/step_00100000 suite=glue-small
+    python launch/finetune.py checkpoint=release/v3b task=rte task.recipe.lr='[1e-5,2e-5,3e-5]' seeds='[1,2,3]'
+
+A list in task.recipe (lr, epochs, batch_size, warmup_steps) is a grid: every setting with every seed, the table
+reports the setting with the best median dev score. The same command again trains only the runs that are missing.
 
 Configs: conf/finetune.yaml, conf/task/*.yaml (upstream's recipes), conf/suite/*.yaml.
 """
