@@ -91,12 +91,12 @@ def owned_by_another_tool(path: str) -> str | None:
         folder = parent
 
 
-def claim_output(output, marker, what: str, overwrite: bool, nested_ok: bool = False) -> bool:
+def claim_output(output, marker, what: str, overwrite: bool, nested_ok: bool = False) -> None:
     """Check that ``output`` may receive a new ``what`` (e.g. "export"): it is absent, empty, or an earlier
     ``what`` (it holds ``marker``, a file name or a tuple of them) and ``overwrite`` is set; unless ``nested_ok``,
-    it is not inside another output either. Returns whether an earlier one is there to replace. Anything else is
-    refused with a ``FileExistsError`` that names what is there: a tool replaces only its own kind of output,
-    never a run directory, a dataset or a folder of the user's files."""
+    it is not inside another output either. Anything else is refused with a ``FileExistsError`` that names what is
+    there: a tool replaces only its own kind of output, never a run directory, a dataset or a folder of the user's
+    files."""
     output = os.path.abspath(os.fspath(output))
     owner = None if nested_ok else owned_by_another_tool(output)
     if owner:
@@ -105,7 +105,7 @@ def claim_output(output, marker, what: str, overwrite: bool, nested_ok: bool = F
     if os.path.exists(output) and not os.path.isdir(output):
         raise FileExistsError(f"output: {output} is a file, not a folder")
     if not os.path.isdir(output) or not os.listdir(output):
-        return False
+        return
     markers = (marker,) if isinstance(marker, str) else tuple(marker)
     if not any(os.path.isfile(os.path.join(output, m)) for m in markers):
         raise FileExistsError(f"output: {output} is not empty and is not an earlier {what} (no {markers[0]}; it "
@@ -113,7 +113,6 @@ def claim_output(output, marker, what: str, overwrite: bool, nested_ok: bool = F
     if not overwrite:
         raise FileExistsError(f"output: {output} holds an earlier {what}; pass overwrite=true to replace it, or "
                               f"choose another folder")
-    return True
 
 
 def replace_folder(staging: str, output: str) -> None:

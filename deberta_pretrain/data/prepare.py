@@ -23,6 +23,7 @@ import os
 import shutil
 
 from .. import __version__
+from ..config_keys import changed_keys
 from ..deberta.vocabulary import identity_file, load_tokenizer, vocab_identity
 from ..fileio import atomic_write, claim_output, replace_folder, write_json_atomic
 from .packing import PACKING_MODES, pack_documents
@@ -151,8 +152,8 @@ def _work_folder(output: str, settings: dict, overwrite: bool) -> str:
     if old is None or old == settings:
         return output
     if not overwrite:
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        raise FileExistsError(f"{output} holds data prepared with other settings ({', '.join(changed)}); "
+        raise FileExistsError(f"{output} holds data prepared with other settings "
+                              f"({', '.join(changed_keys(old, settings))}); "
                               f"pass overwrite=true to replace it, or choose another output=")
     staging = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.replacing")
     if _read_settings(staging) not in (None, settings):  # an interrupted replacement with yet other settings
