@@ -232,6 +232,19 @@ def judge_run(info: dict, expect_resume_from: int | None) -> str:
     return "ok"
 
 
+def judge_mixture(run_dir: str) -> str:
+    """A two-source run (sources a and b) logged samples per source and one validation record per source."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    splits = {r.get("split") for r in records}
+    if not {"validation/a", "validation/b"} <= splits:
+        return f"failed: no per-source validation records (splits: {sorted(map(str, splits))})"
+    last = [r for r in records if r.get("split") == "train"][-1]
+    if "samples/a" not in last or "samples/b" not in last:
+        return "failed: the training records lack samples/a and samples/b"
+    return "ok"
+
+
 def pretrain(args, log: Log) -> dict:
     data = os.path.join(args.work, "data")
     outputs = os.path.join(args.work, "outputs")
@@ -250,7 +263,11 @@ def pretrain(args, log: Log) -> dict:
              ("flash-resume", dict(name="flash", **{"impl.attention_backend": "flash",
                                                     "train.max_steps": total + total // 3}), total),
              ("fp16", dict(name="fp16", precision="fp16", **{"impl.attention_backend": "auto",
-                                                             "train.max_steps": 4 if args.dry_run else 30}), None)]
+                                                             "train.max_steps": 4 if args.dry_run else 30}), None),
+             # a mixture of two sources (the prepared data twice, 0.7 / 0.3): per-source metrics and records
+             ("mixture", dict(name="mixture", **{"data.path": "null", "impl.attention_backend": "auto",
+                                                 "data.sources": f"{{a: {{path: {data}, weight: 0.7}}, "
+                                                                 f"b: {{path: {data}, weight: 0.3}}}}"}), None)]
     env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1" if args.dry_run else os.environ.get("OMP_NUM_THREADS",
                                                                                                "8")}
     for label, overrides, resume_from in plans:
@@ -269,6 +286,8 @@ def pretrain(args, log: Log) -> dict:
             with open(train_log, encoding="utf-8") as f:
                 info["resume_line"] = "".join(line for line in f if "resuming" in line)
         info["status"] = judge_run(info, resume_from)
+        if label == "mixture" and info["status"] == "ok":
+            info["status"] = judge_mixture(run_dir)
         result["runs"][label] = info
     statuses = [r["status"] for r in result["runs"].values()]
     result["status"] = "ok" if all(s == "ok" or s.startswith("skipped") for s in statuses) else "failed"

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from .config_keys import check_keys
+from .data.corpus import configured_sources
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
@@ -72,8 +73,18 @@ class ImplSchema:
 
 
 @dataclass
-class DataSchema:
+class DataSourceSchema:
+    """One entry of ``data.sources``."""
+
     path: str = MISSING  # a directory written by data_prep/prepare.py
+    weight: Optional[float] = None  # share of the samples (normalised); null for every source: from sizes and alpha
+
+
+@dataclass
+class DataSchema:
+    path: Optional[str] = MISSING  # a directory written by data_prep/prepare.py (one source)
+    sources: Any = MISSING  # a mixture: {name: {path, weight}} (DataSourceSchema)
+    alpha: float = MISSING  # shares of sources without weights ~ tokens ** alpha
     max_seq_length: Optional[int] = MISSING  # must equal the prepared block length when set
     masking: str = MISSING  # token | whole_word | span (n-gram)
     mask_prob: float = MISSING
@@ -99,6 +110,7 @@ class TrainSchema:
     log_every: int = MISSING
     gradient_clipping: float = MISSING
     on_nonfinite: str = MISSING  # stop | skip: what a non-finite training loss does (bf16/fp32)
+    init_optimizer: bool = MISSING  # with model.init_from=<run>: start from its AdamW moments too
 
 
 @dataclass
@@ -175,6 +187,7 @@ def validate(cfg) -> None:
     choice("objective", cfg.objective, ("mlm", "rtd"))
     if cfg.objective == "rtd":
         validate_rtd(cfg.rtd)
+    configured_sources(cfg.data)
     choice("data.masking", cfg.data.masking, MASKING)
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     choice("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
@@ -187,6 +200,9 @@ def validate(cfg) -> None:
         if getattr(getattr(cfg, section), name) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(getattr(cfg, section), name)}")
     choice("train.on_nonfinite", cfg.train.on_nonfinite, ("stop", "skip"))
+    if cfg.train.init_optimizer and not cfg.model.init_from:
+        raise ValueError("train.init_optimizer=true carries the optimizer state of the run that model.init_from "
+                         "names, but model.init_from is not set")
     if cfg.train.on_nonfinite == "skip" and cfg.precision != "fp16" and not (
             cfg.deepspeed.zero_stage in (1, 2) or (cfg.deepspeed.zero_stage == 3 and cfg.precision == "bf16")):
         raise ValueError(f"train.on_nonfinite=skip drops an update through DeepSpeed's check of the gradients, which "
@@ -207,7 +223,10 @@ def validate(cfg) -> None:
 
 def check_pretrain_keys(cfg) -> None:
     """Unknown keys of a pretraining config, ``rtd.*`` and ``rtd.generator.*`` included."""
-    check_keys(cfg, PretrainSchema, {"rtd": tuple(RTD_KEYS), "rtd.generator": ModelSchema})
+    sources = OmegaConf.select(cfg, "data.sources") or {}
+    check_keys(cfg, PretrainSchema, {"rtd": tuple(RTD_KEYS), "rtd.generator": ModelSchema,
+                                     "data.sources": tuple(sources),
+                                     **{f"data.sources.{name}": DataSourceSchema for name in sources}})
 
 
 def validate_rtd(rtd) -> None:

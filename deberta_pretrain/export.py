@@ -23,7 +23,6 @@ when it is an earlier export (it holds ``export.json``), never a run directory o
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import warnings
@@ -34,60 +33,12 @@ from .deberta import GPT2Tokenizer, ModelConfig
 from .deberta.rtd import merged_tables
 from .deberta.vocabulary import find_vocab, load_tokenizer, tokenizer_kind
 from .fileio import claim_output, staged_folder, write_json_atomic
-from .training.checkpoint import checkpoint_problem, checkpoint_tags, is_run_directory, usable_checkpoints
+from .training.checkpoint import consolidated_state_dict, find_checkpoint
 
 FORMATS = ("release", "hf", "all")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HF_SPECIAL_TOKENS = {"bos_token": "[CLS]", "eos_token": "[SEP]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                      "unk_token": "[UNK]", "pad_token": "[PAD]", "mask_token": "[MASK]"}
-
-
-def find_checkpoint(path) -> tuple[str, str, str]:
-    """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint -> (checkpoints folder, tag, run
-    directory). A run directory means its newest checkpoint that resuming would trust (a damaged newest one falls
-    back to the one before); a ``step_N`` folder must pass the same check."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    if is_run_directory(path) and not checkpoint_tags(os.path.join(path, "checkpoints")):
-        raise ValueError(f"checkpoint: {path} is a run directory with no checkpoint yet (the first is written after "
-                         f"train.checkpoint_every steps, or when the run is stopped)")
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    if checkpoint_tags(path):
-        usable, refused = usable_checkpoints(path)
-        if not usable:
-            listing = "; ".join(f"{os.path.join(path, tag)}: {why}" for tag, why in refused)
-            raise ValueError(f"checkpoint: {path} holds no usable checkpoint ({listing})")
-        root, tag = path, usable[0]
-    elif glob.glob(os.path.join(path, "*model_states.pt")):
-        root, tag = os.path.dirname(path), os.path.basename(path)
-        problem = checkpoint_problem(path)
-        if problem:
-            raise ValueError(f"checkpoint: {path} is {problem}" if problem.startswith("incomplete")
-                             else f"checkpoint: {path} is damaged: {problem}")
-    else:
-        raise FileNotFoundError(f"checkpoint: {path} is neither a run directory, its checkpoints/ folder, nor a "
-                                f"DeepSpeed checkpoint (no *model_states.pt)")
-    return root, tag, os.path.dirname(root)
-
-
-def is_partitioned(folder: str) -> bool:
-    """True for ZeRO stage 1-3 checkpoints (per-rank ``zero_pp_rank_*`` files), False for stage 0."""
-    return bool(glob.glob(os.path.join(folder, "*zero_pp_rank_*.pt")))
-
-
-def consolidated_state_dict(root: str, tag: str) -> dict[str, torch.Tensor]:
-    """The full model state of checkpoint ``root/tag`` in fp32 (stage 1-3: the optimizer's fp32 master weights)."""
-    folder = os.path.join(root, tag)
-    if not is_partitioned(folder):
-        path = os.path.join(folder, "mp_rank_00_model_states.pt")
-        state = torch.load(path, map_location="cpu", weights_only=True)["module"]
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
-
-        state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
-    return {k: v.detach().float() for k, v in state.items()}
 
 
 HEAD_CLASSES = {"mlm": "ForMaskedLM", "rtd": "Model", "classification": "ForSequenceClassification"}

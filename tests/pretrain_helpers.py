@@ -36,6 +36,13 @@ def tiny_overrides(data_path, output_root, name: str, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def mixture_overrides(weights: dict, paths: dict) -> dict:
+    """The overrides of a run on the mixture ``{name: weight}`` of the prepared ``{name: path}`` (for tiny_overrides's
+    ``extra``: they replace its data.path)."""
+    entries = ", ".join(f"{name}: {{path: {paths[name]}, weight: {weight}}}" for name, weight in weights.items())
+    return {"data.path": "null", "data.sources": f"{{{entries}}}"}
+
+
 def launch_command(launcher: str, processes: int = 1) -> list[str]:
     if launcher == "python":
         assert processes == 1

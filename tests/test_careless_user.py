@@ -243,20 +243,33 @@ def test_a_failed_prepare_leaves_the_folder_as_it_was_so_the_corrected_command_r
 def test_settings_that_run_but_rarely_as_meant_are_warned_about():
     from conftest import compose_pretrain, small_config
 
+    from deberta_pretrain.data.corpus import Corpus
     from deberta_pretrain.deberta import ModelConfig
     from deberta_pretrain.training.run import settings_warnings
+
+    def corpus(cfg, *sizes):
+        """The run's data as the warnings see it: (training, validation) blocks per source."""
+        out = Corpus(cfg.data)
+        for source, (train, validation) in zip(out.sources, sizes):
+            source.train, source.validation = range(train), range(validation)
+        return out
 
     cfg = compose_pretrain("name=x", "data.path=data/x", "train.global_batch_size=64")
     model = ModelConfig.from_dict(small_config("v3", vocab_size=128100, num_hidden_layers=2))
     generator = ModelConfig.from_dict(small_config("v3", num_hidden_layers=3))
-    warnings = settings_warnings(cfg, 40, 0, 3001, {"model": model, "generator": generator})
+    warnings = settings_warnings(cfg, corpus(cfg, (40, 0)), 3001, {"model": model, "generator": generator})
     assert len(warnings) == 4
     assert "train.global_batch_size (64) is larger than the training split of data/x (40 blocks)" in warnings[0]
     assert "data/x has no validation blocks: evaluation is skipped" in warnings[1]
     assert "125099 embedding rows are never trained; set model.vocab_size=3001" in warnings[2]
     assert "the generator (3 layers) is as deep as the discriminator (2)" in warnings[3]
     released = ModelConfig.from_dict(small_config("v3", vocab_size=128100))
-    assert settings_warnings(cfg, 64, 10, 128001, {"model": released}) == []  # a release's rounded-up table
+    assert settings_warnings(cfg, corpus(cfg, (64, 10)), 128001, {"model": released}) == []  # rounded-up table
+    mixture = compose_pretrain("name=x", "data.sources={web: {path: data/web, weight: 2}, wiki: {path: data/wiki, "
+                               "weight: 1}}", "train.global_batch_size=4")
+    assert settings_warnings(mixture, corpus(mixture, (64, 0), (64, 10)), 128001, {"model": released}) == [
+        "web (data/web) has no validation blocks: the validation loss is that of wiki (weighted by their shares) and "
+        "the per-source records skip web"]
 
 
 def test_a_bpe_vocabulary_larger_than_the_corpus_supports_says_how_many_ids_it_made(tmp_path, caplog):

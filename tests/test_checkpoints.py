@@ -6,7 +6,7 @@ import os
 import pytest
 import torch.distributed as dist
 
-from deberta_pretrain.export import find_checkpoint
+from deberta_pretrain.training.checkpoint import find_checkpoint
 from deberta_pretrain.training.checkpoint import Checkpointer, usable_checkpoints
 from deberta_pretrain.training.distributed import free_port
 

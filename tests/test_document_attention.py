@@ -30,7 +30,7 @@ def test_packed_row_equals_documents_alone(generation, position_biased_input):
     packed = np.array([CLS, 10, 11, 12, SEP, 20, 21, 22, 23, SEP, 30, 31, SEP, PAD, PAD])
     collator = MLMCollator(97, MASK, PAD, [PAD, CLS, SEP, 3, MASK], seed=1, mask_prob=0.3, document_attention=True,
                            sep_id=SEP)
-    batch = collator([(0, 0, packed)])
+    batch = collator([((0, 0), packed)])
     labels = batch["labels"][0]
     with torch.no_grad():
         together = model(batch["input_ids"], batch["input_mask"], batch["labels"],

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import assert_layout, assert_trained, checkpoint_dir, run_pretrain, tiny_overrides
+from pretrain_helpers import (assert_layout, assert_trained, checkpoint_dir, mixture_overrides, run_pretrain,
+                              tiny_overrides)
 
 pytestmark = pytest.mark.slow
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
@@ -38,16 +39,19 @@ def data(python_help_64):
 
 
 @pytest.fixture(scope="module")
-def straight_runs(data, tmp_path_factory):
-    """Uninterrupted 4-step runs, one per (ZeRO stage, processes, offload), made once and shared."""
+def straight_runs(data, numbers_64, tmp_path_factory):
+    """Uninterrupted 4-step runs, one per (ZeRO stage, processes, offload, mixture), made once and shared; a mixture
+    run reads two sources (data.sources) instead of one data.path."""
     root, made = tmp_path_factory.mktemp("straight"), {}
 
-    def get(stage, processes, offload=False):
-        key = (stage, processes, offload)
+    def get(stage, processes, offload=False, mixture=False):
+        key = (stage, processes, offload, mixture)
         if key not in made:
-            name = f"s{stage}-p{processes}{'-offload' if offload else ''}"
-            overrides = tiny_overrides(data, root, name, **NO_DROPOUT, **{"deepspeed.zero_stage": stage,
-                                                                        "deepspeed.offload": offload})
+            name = f"s{stage}-p{processes}{'-offload' if offload else ''}{'-mixture' if mixture else ''}"
+            sources = mixture_overrides({"help": 0.6, "numbers": 0.4}, {"help": data, "numbers": numbers_64}) \
+                if mixture else {}
+            overrides = tiny_overrides(data, root, name, **NO_DROPOUT, **sources, **{"deepspeed.zero_stage": stage,
+                                                                                   "deepspeed.offload": offload})
             run_pretrain(overrides, *launcher(processes))
             assert_trained(root / name)  # these runs double as fp32 cases of test_pretrain.py
             assert_layout(root / name, stage, processes, "fp32")
@@ -104,8 +108,9 @@ def test_resume_on_another_world_size_follows_the_uninterrupted_run(straight_run
 
 
 def test_resume_with_offloaded_optimizer_state_on_another_world_size(straight_runs, tmp_path):
-    """ZeRO-2 with the optimizer state in CPU memory (DeepSpeed's CPU-Adam), 2 processes -> 1."""
-    straight, overrides = straight_runs(2, 2, offload=True)
+    """ZeRO-2 with the optimizer state in CPU memory (DeepSpeed's CPU-Adam), 2 processes -> 1, on a mixture of two
+    sources: the resumed run reads the samples the uninterrupted one read."""
+    straight, overrides = straight_runs(2, 2, offload=True, mixture=True)
     resumed = tmp_path / "resumed"
     interrupted_copy(straight, resumed, step=2)
     overrides = [o for o in overrides if not o.startswith(("output_root=", "name="))] + [
@@ -114,3 +119,9 @@ def test_resume_with_offloaded_optimizer_state_on_another_world_size(straight_ru
     expected, got = fp32_weights(straight, 4), fp32_weights(resumed, 4)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], **TOLERANCE, msg=key)
+
+    def per_source(run_dir):
+        return [(r["step"], r["samples/help"], r["samples/numbers"]) for r in read_metrics(run_dir)
+                if r["split"] == "train"]
+
+    assert per_source(resumed) == per_source(straight) and per_source(straight)[-1] == (4, 10, 6)  # 0.6 / 0.4

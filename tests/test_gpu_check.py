@@ -38,8 +38,9 @@ def test_dry_run_runs_every_step_and_writes_the_results_folder(tmp_path):
     assert resume["status"] == "ok" and "from step 6" in resume["resume_line"]
     assert resume["metrics"]["train_steps_logged"] == [8] and resume["metrics"]["steps_unique"]
     assert runs["fp16"]["status"].startswith("skipped")
+    assert runs["mixture"]["status"] == "ok"  # two sources: per-source samples and validation records
     summary = (out / "summary.md").read_text()
-    assert "dry run" in summary and "| flash-resume | ok |" in summary
+    assert "dry run" in summary and "| flash-resume | ok |" in summary and "| mixture | ok |" in summary
 
 
 def test_targets_are_read_from_the_throughput_report():

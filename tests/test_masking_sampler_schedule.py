@@ -33,7 +33,7 @@ def collator(masking="token", **kw):
 def test_masking_rates_specials_and_labels():
     c = collator()
     data = blocks(400)
-    batch = c([(i, 0, b) for i, b in enumerate(data)])
+    batch = c([((0, i), b) for i, b in enumerate(data)])
     ids, labels, inputs = data, batch["labels"].numpy(), batch["input_ids"].numpy()
     predicted = labels != IGNORE_INDEX
     candidates = ~np.isin(ids, SPECIAL)
@@ -53,17 +53,19 @@ def test_masking_rates_specials_and_labels():
 def test_masks_depend_only_on_seed_epoch_and_index():
     c = collator()
     data = blocks(8)
-    together = c([(i, 3, b) for i, b in enumerate(data)])["input_ids"].numpy()
-    alone = np.stack([c([(i, 3, data[i])])["input_ids"].numpy()[0] for i in reversed(range(8))][::-1])
+    together = c([((3, i), b) for i, b in enumerate(data)])["input_ids"].numpy()
+    alone = np.stack([c([((3, i), data[i])])["input_ids"].numpy()[0] for i in reversed(range(8))][::-1])
     assert (together == alone).all()
-    other_epoch = c([(i, 4, b) for i, b in enumerate(data)])["input_ids"].numpy()
+    other_epoch = c([((4, i), b) for i, b in enumerate(data)])["input_ids"].numpy()
     assert (other_epoch != together).any()
+    other_source = c([((3, i, 7), b) for i, b in enumerate(data)])["input_ids"].numpy()  # a mixture's stream key
+    assert (other_source != together).any()
 
 
 def test_max_predictions_cap_and_upstream_default():
     assert default_max_predictions(512) == 80 and default_max_predictions(128) == 20
     c = collator(mask_prob=0.5, max_predictions=5)
-    labels = c([(0, 0, blocks(1)[0])])["labels"].numpy()
+    labels = c([((0, 0), blocks(1)[0])])["labels"].numpy()
     assert (labels != IGNORE_INDEX).sum() == 5
 
 
@@ -91,7 +93,7 @@ def word_spans(ids):
 def test_whole_words_are_masked_together(masking):
     c = collator(masking)
     data = blocks(100)
-    batch = c([(i, 0, b) for i, b in enumerate(data)])
+    batch = c([((0, i), b) for i, b in enumerate(data)])
     labels = batch["labels"].numpy()
     runs = []
     for row in range(len(data)):
@@ -124,7 +126,7 @@ def test_every_sample_read_exactly_once_per_epoch(world_size):
         for m in range(samplers[0].accumulation):
             for s in samplers:
                 seen.extend(s.micro_batch(step, m))
-    epoch0 = [index for epoch, index in seen if epoch == 0]
+    epoch0 = [index for _, epoch, index in seen if epoch == 0]
     assert sorted(epoch0) == list(range(num_samples))
     # The same global batch is read whatever the world size: the stream does not depend on it.
     reference = StepSampler(num_samples, 5, global_batch, global_batch, 1, 0)
@@ -220,13 +222,16 @@ def test_model_schema_is_the_release_schema_with_its_defaults():
 
 def test_every_key_gets_its_value_from_the_yaml_files():
     """The schema holds types only (no second set of defaults): a composed config has no missing value but the
-    two the user must give, and a group file that lost a key is caught by name before anything runs."""
+    name, the data is named as missing until data.path or data.sources is given, and a group file that lost a key
+    is caught by name before anything runs."""
     from omegaconf import OmegaConf
 
     from deberta_pretrain.config import validate
 
     cfg = compose_pretrain()
-    assert OmegaConf.missing_keys(cfg) == {"name", "data.path"}
+    assert OmegaConf.missing_keys(cfg) == {"name"}
+    with pytest.raises(ValueError, match=r"no data: set data.path=<prepared dir> or data.sources="):
+        validate(compose_pretrain("name=x"))
     cfg = compose_pretrain("name=x", "data.path=d")
     cfg.train.eval_every = "???"  # as if conf/pretrain.yaml had lost the key: the schema gives no fallback
     with pytest.raises(ValueError, match="no value for train.eval_every"):
@@ -256,5 +261,5 @@ def test_sampler_needs_no_memory_per_sample():
     """A trillion samples: a stored permutation would need terabytes; the computed one answers at once."""
     sampler = StepSampler(10**12, 1, 8, 4, 2, 1)
     batch = sampler.micro_batch(123456789, 0)
-    assert len(batch) == 4 and all(epoch == 0 and 0 <= index < 10**12 for epoch, index in batch)
-    assert len({index for _, index in batch}) == 4
+    assert len(batch) == 4 and all(epoch == 0 and 0 <= index < 10**12 for _, epoch, index in batch)
+    assert len({index for _, _, index in batch}) == 4

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import assert_layout, assert_trained, fault_env, module_state, run_pretrain, tiny_overrides
+from pretrain_helpers import (assert_layout, assert_trained, fault_env, mixture_overrides, module_state, run_pretrain,
+                              tiny_overrides)
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +43,13 @@ def test_trains_under_every_launcher_stage_and_precision(data, tmp_path, launche
 # lost, step 2 is the last checkpoint); Ctrl-C during step 3, to the whole process group as a terminal sends it, the
 # data-loader worker included (saved at the end of step 3, then exit 130). SIGTERM: test_multinode.py.
 @pytest.mark.parametrize("fault", ["sigkill@3", "ctrl-c@2"])
-def test_resume_after_a_kill_is_exact(data, tmp_path, fault):
+def test_resume_after_a_kill_is_exact(data, numbers_64, tmp_path, fault):
     """A 4-step run, and a run stopped midway then restarted: bit-equal parameters and identical logged losses.
-    Dropout stays on, so the per-step RNG state must be restored as well."""
+    Dropout stays on, so the per-step RNG state must be restored as well. The killed run reads a mixture of two
+    sources (each with its own order and epochs), the interrupted one a single data.path."""
     common = {"deepspeed.zero_stage": 1, "data.num_workers": 1, "model.vocab_size": 51000}
+    if fault.startswith("sigkill"):
+        common.update(mixture_overrides({"help": 0.7, "numbers": 0.3}, {"help": data, "numbers": numbers_64}))
     run_pretrain(tiny_overrides(data, tmp_path, "straight", **common))
     first = run_pretrain(tiny_overrides(data, tmp_path, "stopped", **common),
                          env=fault_env(fault), check=False)

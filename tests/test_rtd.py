@@ -90,12 +90,12 @@ def test_sampling_randomness_belongs_to_the_sample():
             return {"input_ids": torch.zeros(len(items), 4, dtype=torch.long)}
 
     collate = RTDCollator(Plain(), slots=6, seed=5)
-    blocks = [(i, 0, np.zeros(4)) for i in range(4)]
+    blocks = [((0, i), np.zeros(4)) for i in range(4)]
     together = collate(blocks)["sample_uniforms"]
     assert torch.equal(collate([blocks[2], blocks[0]])["sample_uniforms"], together[[2, 0]])
     assert not torch.equal(together[0], together[1])
     assert not torch.equal(RTDCollator(Plain(), 6, seed=6)(blocks)["sample_uniforms"], together)
-    assert not torch.equal(collate([(0, 1, np.zeros(4))])["sample_uniforms"][0], together[0])
+    assert not torch.equal(collate([((1, 0), np.zeros(4))])["sample_uniforms"][0], together[0])
     assert OmegaConf  # imported for the collator's module
 
 
@@ -273,7 +273,7 @@ def test_a_training_step_never_waits_for_the_host(objective, python_help_64):
         def step(self):
             self.steps += 1
 
-    batch = target.collator(1)([(i, 0, dataset[i]) for i in range(4)])
+    batch = target.collator(1)([((0, i), dataset[i]) for i in range(4)])
     with HostReads() as reads:
         loss, stats = target.train_step(Engine(), batch)
     assert reads.ops == []

@@ -11,7 +11,7 @@ import transformers
 
 from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig
 from deberta_pretrain.deberta.rtd import ReplacedTokenDetectionModel, RTDModel
-from deberta_pretrain.export import consolidated_state_dict
+from deberta_pretrain.training.checkpoint import consolidated_state_dict
 from deberta_pretrain.training.metrics import read_metrics
 from pretrain_helpers import ROOT, checkpoint_dir, fault_env, run_pretrain, tiny_overrides
 

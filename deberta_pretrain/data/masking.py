@@ -40,15 +40,17 @@ class MLMCollator:
 
     Args:
         vocab_size, mask_id, pad_id: the vocabulary; ``special_ids`` are never predicted nor used as replacements.
-        seed: the run's seed (with epoch and sample index it seeds each block's masks).
+        seed: the run's seed (with the sample's key it seeds each block's masks).
         masking: ``token``, ``whole_word`` or ``span``.
         max_predictions: cap per block; ``None`` uses :func:`default_max_predictions` of the block length.
         continuation: boolean table over ids, True where a token continues the previous word (needed for
             ``whole_word`` and ``span``; see ``GPT2Tokenizer.word_continuation_table``).
 
-    Calling it on ``[(index, epoch, block), ...]`` returns ``input_ids``, ``input_mask`` and ``labels`` (original
-    id at predicted positions, :data:`IGNORE_INDEX` elsewhere) as int64 tensors; with ``document_attention``
-    (needs ``sep_id``) also ``attention_mask`` (bool ``[B, L, L]``) and ``position_ids``.
+    Calling it on ``[(key, block), ...]`` (``key``: a tuple of ints naming the sample, ``(epoch, index)`` and for a
+    source of a mixture its stream key too, so its masks do not depend on where or when it is read) returns
+    ``input_ids``, ``input_mask`` and ``labels`` (original id at predicted positions, :data:`IGNORE_INDEX`
+    elsewhere) as int64 tensors; with ``document_attention`` (needs ``sep_id``) also ``attention_mask`` (bool
+    ``[B, L, L]``) and ``position_ids``.
     """
 
     def __init__(self, vocab_size: int, mask_id: int, pad_id: int, special_ids, seed: int, masking: str = "token",
@@ -121,9 +123,9 @@ class MLMCollator:
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         inputs, labels, masks = [], [], []
-        for index, epoch, block in items:
+        for key, block in items:
             ids = np.asarray(block, dtype=np.int64)
-            rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+            rng = np.random.default_rng([self.seed, *key])
             block_inputs, block_labels = self.mask(ids, rng)
             inputs.append(block_inputs)
             labels.append(block_labels)
@@ -132,7 +134,7 @@ class MLMCollator:
                  "input_mask": torch.from_numpy(np.stack(masks).astype(np.int64)),
                  "labels": torch.from_numpy(np.stack(labels))}
         if self.document_attention:
-            originals = np.stack([np.asarray(block, dtype=np.int64) for _, _, block in items])
+            originals = np.stack([np.asarray(block, dtype=np.int64) for _, block in items])
             attention, positions = document_masks(originals, np.stack(masks), self.sep_id)
             batch.update(attention_mask=torch.from_numpy(attention), position_ids=torch.from_numpy(positions))
         return batch

@@ -7,6 +7,11 @@ The run reads one global stream: position ``g`` is sample ``perm_e(g % N)`` of e
 across all ranks of all nodes, the samples of a step do not depend on the world size, and resuming at step ``s``
 needs nothing but ``s``.
 
+A mixture of sources (``data.sources``) divides the same stream among them (``mixture.Interleave``): position ``g``
+is position ``k`` of one source, which reads ``perm_e(k % N_j)`` of its own epoch ``e = k // N_j`` (permutations
+keyed by the source too). Each source starts its next epoch when it runs out, independently of the others, and all
+of the above still holds.
+
 The permutation is computed, not stored: a 4-round Feistel network over the smallest even number of bits covering
 ``N``, with cycle walking (apply it again until the value falls below ``N``) to make it a bijection of ``[0, N)``.
 Memory is O(1) whatever the corpus size; a stored permutation would cost every rank 4-8 bytes per sample.
@@ -15,6 +20,8 @@ Memory is O(1) whatever the corpus size; a stored permutation would cost every r
 from __future__ import annotations
 
 import numpy as np
+
+from .mixture import Interleave
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -57,38 +64,59 @@ class FeistelPermutation:
 
 
 class StepSampler:
-    def __init__(self, num_samples: int, seed: int, global_batch_size: int, micro_batch_size: int,
-                 world_size: int, rank: int):
-        if num_samples < 1:
+    """This rank's samples of every step, for one source or a mixture (see the module docstring).
+
+    Args:
+        sizes: the number of samples of the source, or of each source of a mixture.
+        shares: each source's share of the stream (a mixture; see ``mixture.Interleave``); None for one source.
+        stream_keys: per source, extra key material for its permutations (``mixture.stream_key``).
+    """
+
+    def __init__(self, sizes, seed: int, global_batch_size: int, micro_batch_size: int, world_size: int, rank: int,
+                 shares=None, stream_keys=None):
+        self.sizes = [int(sizes)] if np.isscalar(sizes) else [int(n) for n in sizes]
+        if min(self.sizes) < 1:
             raise ValueError("the dataset has no samples")
         per_pass = micro_batch_size * world_size
         if micro_batch_size < 1 or global_batch_size % per_pass:
             raise ValueError(f"train.global_batch_size ({global_batch_size}) must be a multiple of "
                              f"train.micro_batch_size ({micro_batch_size}) x world size ({world_size})")
-        self.num_samples, self.seed = num_samples, seed
+        self.seed = seed
         self.global_batch, self.micro, self.world, self.rank = global_batch_size, micro_batch_size, world_size, rank
         self.accumulation = global_batch_size // per_pass
-        self._permutations: dict[int, FeistelPermutation] = {}
+        self.interleave = Interleave(list(shares) if shares is not None else [1.0] * len(self.sizes))
+        self.stream_keys = [tuple(k) for k in stream_keys] if stream_keys is not None else [()] * len(self.sizes)
+        self._permutations: dict[tuple[int, int], FeistelPermutation] = {}
 
-    def permutation(self, epoch: int) -> FeistelPermutation:
-        if epoch not in self._permutations:
-            if len(self._permutations) >= 2:  # a micro-batch spans at most two epochs
-                self._permutations.pop(min(self._permutations))
-            self._permutations[epoch] = FeistelPermutation(self.num_samples, [self.seed, epoch])
-        return self._permutations[epoch]
+    @property
+    def num_samples(self) -> int:
+        return sum(self.sizes)
 
-    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
-        """``[(epoch, sample index), ...]`` of this rank's micro-batch ``micro`` of step ``step``."""
+    def permutation(self, source: int, epoch: int) -> FeistelPermutation:
+        if (source, epoch) not in self._permutations:
+            if len(self._permutations) >= 2 * len(self.sizes) + 2:  # a micro-batch mostly spans one or two epochs
+                self._permutations.pop(next(iter(self._permutations)))
+            self._permutations[source, epoch] = FeistelPermutation(self.sizes[source],
+                                                                   [self.seed, epoch, *self.stream_keys[source]])
+        return self._permutations[source, epoch]
+
+    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int, int]]:
+        """``[(source, epoch, sample index), ...]`` of this rank's micro-batch ``micro`` of step ``step``."""
         start = step * self.global_batch + (micro * self.world + self.rank) * self.micro
-        positions = np.arange(start, start + self.micro, dtype=np.int64)
-        epochs, offsets = np.divmod(positions, self.num_samples)
-        out = []
-        for epoch in np.unique(epochs):
-            chosen = epochs == epoch
-            samples = self.permutation(int(epoch))(offsets[chosen])
-            out.extend((int(epoch), int(s)) for s in samples)
-        return out
+        sources, numbers = self.interleave.locate(np.arange(start, start + self.micro, dtype=np.int64))
+        sizes = np.asarray(self.sizes, dtype=np.int64)[sources]
+        epochs, offsets = np.divmod(numbers, sizes)
+        samples = np.empty_like(offsets)
+        for source, epoch in sorted(set(zip(sources.tolist(), epochs.tolist()))):
+            chosen = (sources == source) & (epochs == epoch)
+            samples[chosen] = self.permutation(source, epoch)(offsets[chosen])
+        return [(int(s), int(e), int(i)) for s, e, i in zip(sources, epochs, samples)]
+
+    def samples_per_source(self, step: int) -> list[int]:
+        """Samples each source has fed after ``step`` steps."""
+        return self.interleave.counts(step * self.global_batch)
 
     def epoch_of_step(self, step: int) -> float:
-        """Epochs completed after ``step`` steps (fractional)."""
+        """Epochs completed after ``step`` steps (fractional; of the whole data for one source, of the samples
+        read over all samples for a mixture)."""
         return step * self.global_batch / self.num_samples

@@ -4,7 +4,6 @@ exported, or Microsoft's), or a release name."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -13,9 +12,8 @@ import torch
 from ..deberta import ModelConfig
 from ..deberta.loading import load_model_state
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
-from ..deberta.rtd import merged_tables
 from ..deberta.vocabulary import find_vocab, load_tokenizer
-from ..training.checkpoint import is_run_directory
+from ..training.checkpoint import names_a_checkpoint
 
 
 @dataclass
@@ -27,26 +25,15 @@ class Pretrained:
     where: str  # folder the results go beside
 
 
-def is_run_checkpoint(path: str) -> bool:
-    return is_run_directory(path) or os.path.isfile(os.path.join(path, "complete.json")) \
-        or os.path.isfile(os.path.join(path, "latest"))
-
-
 def load_pretrained(checkpoint: str) -> Pretrained:
     """Raises ``FileNotFoundError``/``ValueError`` naming what is missing."""
-    from ..export import consolidated_state_dict, find_checkpoint  # noqa: PLC0415
+    from ..training.checkpoint import trained_models  # noqa: PLC0415
 
     path = os.path.abspath(os.fspath(checkpoint))
-    if os.path.isdir(path) and is_run_checkpoint(path):
-        root, tag, run_dir = find_checkpoint(path)
-        state = consolidated_state_dict(root, tag)
-        if any(k.startswith("discriminator.") for k in state):
-            state = merged_tables(state)[0]
-        config = ModelConfig.from_json_file(os.path.join(run_dir, "model_config.json"))
-        vocab = find_vocab(run_dir)
-        with open(os.path.join(root, tag, "complete.json"), encoding="utf-8") as f:
-            step = json.load(f)["step"]
-        return Pretrained(state, config, load_tokenizer(vocab), step, run_dir)
+    if os.path.isdir(path) and names_a_checkpoint(path):
+        trained = trained_models(path)  # an RTD run: its discriminator
+        state, config = trained.model
+        return Pretrained(state, config, load_tokenizer(find_vocab(trained.run_dir)), trained.step, trained.run_dir)
     if not os.path.exists(path) and hub_name(checkpoint) is None:
         raise FileNotFoundError(f"checkpoint: {checkpoint} is neither a run directory, a checkpoint, a model folder "
                                 f"nor a release name")

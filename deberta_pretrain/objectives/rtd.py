@@ -34,15 +34,14 @@ def generator_config(cfg, discriminator: ModelConfig) -> ModelConfig:
 
 class RTDCollator:
     """The MLM masking of the data config (the rtd objective's defaults: every chosen token becomes [MASK]) plus
-    one uniform number per prediction slot for sampling, drawn from ``(seed, epoch, sample)`` like the masks."""
+    one uniform number per prediction slot for sampling, drawn from the sample's key like the masks."""
 
     def __init__(self, mlm_collator, slots: int, seed: int):
         self.mlm_collator, self.slots, self.seed = mlm_collator, slots, seed
 
     def __call__(self, items):
         batch = self.mlm_collator(items)
-        uniforms = [np.random.default_rng([self.seed, int(epoch), int(index), 1]).random(self.slots)
-                    for index, epoch, _ in items]
+        uniforms = [np.random.default_rng([self.seed, *key, 1]).random(self.slots) for key, _ in items]
         batch["sample_uniforms"] = torch.from_numpy(np.stack(uniforms).astype(np.float32))
         return batch
 
@@ -81,7 +80,7 @@ class RTDObjective(Objective):
     def load_initial(self, model):
         """The generator from ``rtd.init_generator``, the discriminator from ``model.init_from``; under embedding
         sharing the discriminator's stored tables become deltas over the generator's (see ``gdes_delta_from``)."""
-        sources = (("generator", self.generator_state, self.cfg.rtd.init_generator),
+        sources = (("generator", self.generator_state, self.cfg.rtd.init_generator or self.cfg.model.init_from),
                    ("discriminator", self.initial_state, self.cfg.model.init_from))
         for part, state, source in sources:
             if state is None:

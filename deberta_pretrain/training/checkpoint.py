@@ -20,7 +20,10 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from types import SimpleNamespace
+
+import torch
 
 import torch.distributed as dist
 
@@ -42,6 +45,12 @@ RUN_MARKERS = ("train.log", "metrics.jsonl", "checkpoints")  # not .hydra/: any 
 def is_run_directory(path: str) -> bool:
     """A folder ``launch/pretrain.py`` made (its log, metrics or checkpoints are there)."""
     return any(os.path.exists(os.path.join(path, name)) for name in RUN_MARKERS)
+
+
+def names_a_checkpoint(path: str) -> bool:
+    """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint (see :func:`find_checkpoint`)."""
+    return os.path.isdir(path) and (is_run_directory(path) or os.path.isfile(os.path.join(path, MARKER))
+                                    or os.path.isfile(os.path.join(path, "latest")))
 
 
 def tag_for(step: int) -> str:
@@ -238,12 +247,14 @@ class Checkpointer:
             if os.path.exists(stray):
                 os.remove(stray)
 
-    def load(self, engine, load_tag: str) -> tuple[int, dict]:
-        """Load ``load_tag`` into ``engine``; returns (step, client_state) or raises ``CheckpointError`` on every
-        rank. After a failure the engine is half-loaded and must be discarded."""
+    def load(self, engine, load_tag: str, schedule: bool = True) -> tuple[int, dict]:
+        """Load ``load_tag`` into ``engine`` (with its learning-rate schedule's position unless ``schedule`` is
+        False); returns (step, client_state) or raises ``CheckpointError`` on every rank. After a failure the engine
+        is half-loaded and must be discarded."""
         error, client_state = None, None
         try:
-            path, client_state = engine.load_checkpoint(self.directory, tag=load_tag)
+            path, client_state = engine.load_checkpoint(self.directory, tag=load_tag,
+                                                        load_lr_scheduler_states=schedule)
             if path is None:
                 error = "DeepSpeed found nothing to load"
         except Exception as e:  # noqa: BLE001 - any failure refuses this checkpoint
@@ -252,3 +263,87 @@ class Checkpointer:
         if error:
             raise CheckpointError(error)
         return step_of(load_tag), client_state or {}
+
+
+# ---- the weights of a run, for export, continued pretraining and fine-tuning ------------------------------------
+def find_checkpoint(path) -> tuple[str, str, str]:
+    """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint -> (checkpoints folder, tag, run
+    directory). A run directory means its newest checkpoint that resuming would trust (a damaged newest one falls
+    back to the one before); a ``step_N`` folder must pass the same check."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint: {path} does not exist")
+    if is_run_directory(path) and not checkpoint_tags(os.path.join(path, "checkpoints")):
+        raise ValueError(f"checkpoint: {path} is a run directory with no checkpoint yet (the first is written after "
+                         f"train.checkpoint_every steps, or when the run is stopped)")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if checkpoint_tags(path):
+        usable, refused = usable_checkpoints(path)
+        if not usable:
+            listing = "; ".join(f"{os.path.join(path, tag)}: {why}" for tag, why in refused)
+            raise ValueError(f"checkpoint: {path} holds no usable checkpoint ({listing})")
+        root, tag = path, usable[0]
+    elif glob.glob(os.path.join(path, "*model_states.pt")):
+        root, tag = os.path.dirname(path), os.path.basename(path)
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ValueError(f"checkpoint: {path} is {problem}" if problem.startswith("incomplete")
+                             else f"checkpoint: {path} is damaged: {problem}")
+    else:
+        raise FileNotFoundError(f"checkpoint: {path} is neither a run directory, its checkpoints/ folder, nor a "
+                                f"DeepSpeed checkpoint (no *model_states.pt)")
+    return root, tag, os.path.dirname(root)
+
+
+def is_partitioned(folder: str) -> bool:
+    """True for ZeRO stage 1-3 checkpoints (per-rank ``zero_pp_rank_*`` files), False for stage 0."""
+    return bool(glob.glob(os.path.join(folder, "*zero_pp_rank_*.pt")))
+
+
+def consolidated_state_dict(root: str, tag: str) -> dict[str, torch.Tensor]:
+    """The full model state of checkpoint ``root/tag`` in fp32 (stage 1-3: the optimizer's fp32 master weights)."""
+    folder = os.path.join(root, tag)
+    if not is_partitioned(folder):
+        path = os.path.join(folder, "mp_rank_00_model_states.pt")
+        state = torch.load(path, map_location="cpu", weights_only=True)["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
+
+        state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    return {k: v.detach().float() for k, v in state.items()}
+
+
+@dataclass
+class TrainedModels:
+    """The consolidated weights of one checkpoint of a run: ``model`` (an MLM, or an RTD run's discriminator with its
+    shared embedding tables merged) and, for an RTD run, ``generator`` (an MLM); each ``(state dict, ModelConfig)``."""
+
+    model: tuple
+    generator: tuple | None
+    run_dir: str
+    checkpoint: str  # the checkpoint folder
+    step: int
+
+
+def trained_models(path) -> TrainedModels:
+    """The weights of the checkpoint ``path`` names (see :func:`find_checkpoint`), with the model configs the run
+    wrote beside them; raises ``FileNotFoundError``/``ValueError`` naming what is missing."""
+    from ..deberta import ModelConfig  # noqa: PLC0415
+    from ..deberta.rtd import merged_tables  # noqa: PLC0415
+
+    root, tag, run_dir = find_checkpoint(path)
+
+    def config(name: str):
+        file = os.path.join(run_dir, name)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{run_dir}: no {name} (written by launch/pretrain.py in the run directory)")
+        return ModelConfig.from_json_file(file)
+
+    state = consolidated_state_dict(root, tag)
+    if any(k.startswith("discriminator.") for k in state):  # objective=rtd
+        discriminator, generator = merged_tables(state)
+        models = (discriminator, config("model_config.json")), (generator, config("generator_config.json"))
+    else:
+        models = (state, config("model_config.json")), None
+    return TrainedModels(*models, run_dir, os.path.join(root, tag), step_of(tag))

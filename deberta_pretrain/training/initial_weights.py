@@ -1,20 +1,31 @@
-"""Continued pretraining: start from released (or exported) weights given by ``model.init_from``.
+"""Continued pretraining: start from released (or exported) weights, or from another run, given by
+``model.init_from``.
 
 The release's ``model_config.json`` fixes the shape (the run's ``model.*`` keys still set dropout and the like, as
 upstream's config merge does), and its vocabulary must be the one the data was prepared with: otherwise every id
 would mean another token, which trains silently into nonsense. A release name downloads weights, config and
-vocabulary through the release cache.
+vocabulary through the release cache. A run directory (a phase of a multi-phase recipe) gives the weights of its
+newest usable checkpoint, consolidated whatever ZeRO stage and process count wrote it; for an RTD run, its
+discriminator as the model and its generator as the generator.
+
+Context extension: a larger ``model.max_position_embeddings`` than the checkpoint's grows the absolute-position
+table by copying the trained rows in order (row ``i`` starts as row ``i mod old``, the Longformer recipe) and keeps
+the relative-position span the model was trained with; a smaller one is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+
+import torch
 
 from ..deberta import ModelConfig
 from ..deberta.loading import find_weights_file, load_model_state, merge_configs
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
 from ..deberta.vocabulary import find_vocab, load_tokenizer, vocab_identity
+from .checkpoint import TrainedModels, names_a_checkpoint, trained_models
 
 logger = logging.getLogger(__name__)
 RUN_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -24,19 +35,77 @@ HEADS = {"mlm": ("lm_predictions.", "MLM head: lm_predictions.lm_head.{dense,Lay
          "rtd": ("mask_predictions.", "replaced-token-detection head: mask_predictions.{dense,LayerNorm,classifier}")}
 
 
-def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: dict,
-                         head: str = "mlm") -> tuple[dict, ModelConfig]:
-    """(state dict, merged model config) of ``init_from`` for a model with ``head`` (``mlm``: an MLM or a
-    generator; ``rtd``: a discriminator): the other head's keys are set aside, a missing head is reported. Raises
-    ``ValueError`` when its vocabulary differs from the data's (``data_vocab``: the manifest's vocabulary
-    identity)."""
+POSITION_TABLE = "deberta.embeddings.position_embeddings.weight"
+
+
+@functools.lru_cache(maxsize=1)  # an RTD phase reads the discriminator and the generator of one checkpoint
+def _trained(path: str) -> TrainedModels:
+    return trained_models(path)
+
+
+def forget_loaded() -> None:
+    """Drop the consolidated run weights kept for the next read (the model holds what it needs)."""
+    _trained.cache_clear()
+
+
+def stored_weights(init_from: str, part: str = "model") -> tuple[dict, ModelConfig | None, str | None]:
+    """(state, its config if known, vocabulary file) of ``init_from``: a run or one of its checkpoints (``part``:
+    ``model``, or ``generator``: an RTD run's generator, an MLM run's model), a release name, an HF folder or an
+    export."""
+    if names_a_checkpoint(os.path.abspath(init_from)):
+        trained = _trained(os.path.abspath(init_from))
+        models = trained.generator if part == "generator" and trained.generator else trained.model  # MLM: one
+        return models[0], models[1], find_vocab(trained.run_dir)
     weights = find_weights_file(resolve_model_path(init_from))
-    state, release_config = load_model_state(weights)
+    state, config = load_model_state(weights)
+    if hub_name(init_from) and not os.path.exists(init_from):
+        return state, config, resolve_vocab_path(init_from)
+    return state, config, find_vocab(os.path.dirname(os.path.abspath(weights)))
+
+
+def is_rtd_run(init_from: str | None) -> bool:
+    """Whether ``init_from`` names a run of objective=rtd (or one of its checkpoints)."""
+    if not init_from or not names_a_checkpoint(os.path.abspath(init_from)):
+        return False
+    return _trained(os.path.abspath(init_from)).generator is not None
+
+
+def extend_positions(state: dict, config: ModelConfig, positions: int, key: str, source: str):
+    """(state, config) with ``positions`` absolute positions (see the module docstring); ``key`` names the setting
+    in messages."""
+    have = config.max_position_embeddings
+    if positions < have:
+        raise ValueError(f"{key}.max_position_embeddings={positions} is smaller than that of {source} ({have}): "
+                         f"set it to {have} or more")
+    if positions == have:
+        return state, config
+    fields = {**config.to_dict(), "max_position_embeddings": positions}
+    if config.relative_attention and config.max_relative_positions < 1:
+        fields["max_relative_positions"] = have  # the span it was trained with (it defaults to the table's size)
+    if POSITION_TABLE in state:
+        table = state[POSITION_TABLE]
+        state = {**state, POSITION_TABLE: table[torch.arange(positions) % table.shape[0]].clone()}
+    logger.warning("%s: %s.max_position_embeddings %d -> %d: rows %d-%d of the position table start as copies of "
+                   "rows 0-%d, in order%s", source, key, have, positions, have, positions - 1, have - 1,
+                   "; relative positions keep their trained span" if config.relative_attention else "")
+    return state, ModelConfig.from_dict(fields)
+
+
+def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: dict,
+                         head: str = "mlm", part: str = "model") -> tuple[dict, ModelConfig]:
+    """(state dict, merged model config) of ``init_from`` for a model with ``head`` (``mlm``: an MLM or a
+    generator; ``rtd``: a discriminator): the other head's keys are set aside, a missing head is reported, the
+    position table extended to the run's ``max_position_embeddings``. ``part``: which model of an RTD run
+    (``model`` or ``generator``). Raises ``ValueError`` when its vocabulary differs from the data's
+    (``data_vocab``: the manifest's vocabulary identity)."""
+    state, release_config, vocab_file = stored_weights(init_from, part)
     config = merge_configs(release_config, run_config)
     if release_config is not None:  # the checkpoint's architecture wholesale; the run sets only the dropout rates
         fields = release_config.to_dict()
         fields.update({k: v for k, v in run_config.to_dict().items() if k in RUN_FIELDS})
         config = ModelConfig.from_dict(fields)
+        key = "rtd.generator" if part == "generator" else "model"
+        state, config = extend_positions(state, config, run_config.max_position_embeddings, key, init_from)
     layers = {int(k.split(".")[3]) for k in state if k.startswith("deberta.encoder.layer.")}
     if layers and len(layers) != config.num_hidden_layers:  # e.g. a generator file beside a discriminator's config
         logger.warning("%s holds %d layers, its config says %d: using %d", init_from, len(layers),
@@ -52,10 +121,6 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
         state = {k: v for k, v in state.items() if k not in other_head}
     if not any(k.startswith(own_prefix) for k in state):
         logger.warning("%s has no %s start freshly initialised", init_from, own_description)
-    if hub_name(init_from) and not os.path.exists(init_from):
-        vocab_file = resolve_vocab_path(init_from)
-    else:
-        vocab_file = find_vocab(os.path.dirname(os.path.abspath(weights)))
     if vocab_file is None or not os.path.isfile(vocab_file):
         logger.warning("model.init_from=%s has no vocabulary (spm.model or bpe_encoder.bin) beside its weights: "
                        "cannot check that the data uses its vocabulary", init_from)

@@ -18,8 +18,9 @@ PLOTS = {"loss": (("loss",), "loss"), "accuracy": (("accuracy",), "MLM accuracy"
 
 def plot_run(run_dir, out_dir=None) -> list[str]:
     """Write ``loss.png``, ``lr.png``, ``throughput.png`` and ``accuracy.png`` (MLM) or ``generator.png`` and
-    ``discriminator.png`` (RTD): train and, where logged, validation curves, to ``out_dir`` (default
-    ``<run_dir>/plots``; another folder must be new, empty or an earlier plots folder); returns the paths."""
+    ``discriminator.png`` (RTD): train and, where logged, validation curves (and one per source of a mixture), to
+    ``out_dir`` (default ``<run_dir>/plots``; another folder must be new, empty or an earlier plots folder); returns
+    the paths."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -40,13 +41,8 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
         if not any(r.get(key) is not None for r in records for key in keys):
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            for split in ("train", "validation"):
-                points = [(r["step"], r[key]) for r in records if r.get("split") == split and r.get(key) is not None]
-                if points:
-                    steps, values = zip(*points)
-                    ax.plot(steps, values, label=split if len(keys) == 1 else f"{split} {key}",
-                            marker="o" if split == "validation" else None, markersize=3)
+        for curve, steps, values in curves(records, keys):
+            ax.plot(steps, values, label=curve, marker="o" if "validation" in curve else None, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_title(f"{os.path.basename(os.path.abspath(run_dir))}: {label}")
@@ -56,6 +52,20 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
         written.append(save(fig, os.path.join(out_dir, f"{name}.png")))
     written += plot_finetune(run_dir, out_dir)
     return written
+
+
+def curves(records: list[dict], keys) -> list[tuple[str, tuple, tuple]]:
+    """(label, steps, values) of each curve of a figure showing ``keys``: train and validation, and where the figure
+    shows one metric, each source of a mixture (``validation/<source>``)."""
+    per_source = sorted({r["split"] for r in records if str(r.get("split")).startswith("validation/")})
+    out = []
+    for key in keys:
+        for split in ("train", "validation", *(per_source if len(keys) == 1 else ())):
+            points = [(r["step"], r[key]) for r in records if r.get("split") == split and r.get(key) is not None]
+            if points:
+                steps, values = zip(*points)
+                out.append((split if len(keys) == 1 else f"{split} {key}", steps, values))
+    return out
 
 
 def save(fig, path: str) -> str:

@@ -4,15 +4,17 @@ Every checkpoint records the full config that wrote it (in its ``complete.json``
 record, the run's ``.hydra/config.yaml`` stands in). On resume each key that changed is, by its group:
 
 * **fixed**: what is being trained and on which sample stream — the model and its enhanced mask decoder
-  (``impl.use_emd``), the data and its masking, the seed, the global batch, the precision, the objective and its
-  RTD recipe. Changing one would silently train something else (or break exact resume), so the run stops, one
-  line per key with both values, before an engine is built or anything is written.
+  (``impl.use_emd``), the data (its sources, their weights and ``alpha``) and its masking, the seed, the global
+  batch, the precision, the objective and its RTD recipe. Changing one would silently train something else (or
+  break exact resume), so the run stops, one line per key with both values, before an engine is built or anything
+  is written.
 * **applied** from the resumed step, logged and appended to ``config_changes.jsonl`` in the run directory: every
   other key. The optimizer and schedule (``optim.*``, ``rtd.discriminator_lr``: the optimizer state keeps its
   moments, the learning rate follows the new peak with the schedule's shape and position kept), the run length
   and cadences (``train.*``), the engine (ZeRO stage, offload, micro batch: elastic resume), ``impl.*`` but
-  ``use_emd``, ``logging.*`` and the data loading (workers, staging, verification). ``model.init_from`` and
-  ``rtd.init_generator`` are read only when a run starts: a change is logged as having no effect.
+  ``use_emd``, ``logging.*`` and the data loading (workers, staging, verification). ``model.init_from``,
+  ``rtd.init_generator`` and ``train.init_optimizer`` are read only when a run starts: a change is logged as having
+  no effect.
 
 ``name`` and ``output_root`` locate the run and are not compared; paths are compared as absolute paths. A key that
 only one side has (a key added by a later version) is compared only where it may change. The run's
@@ -29,10 +31,11 @@ from ..config_keys import ABSENT, changed_keys
 
 logger = logging.getLogger("deberta_pretrain")
 
-FIXED = ("model", "impl.use_emd", "data.path", "data.masking", "data.mask_prob", "data.max_ngram",
-         "data.max_predictions", "data.mask_token_prob", "data.random_token_prob", "data.document_attention", "seed",
-         "train.global_batch_size", "precision", "objective", "rtd")
-START_ONLY = ("model.init_from", "rtd.init_generator")  # weights a run starts from; a checkpoint supersedes them
+FIXED = ("model", "impl.use_emd", "data.path", "data.sources", "data.alpha", "data.masking", "data.mask_prob",
+         "data.max_ngram", "data.max_predictions", "data.mask_token_prob", "data.random_token_prob",
+         "data.document_attention", "seed", "train.global_batch_size", "precision", "objective", "rtd")
+# what a run starts from (weights, optimizer moments): a checkpoint of the run itself supersedes them
+START_ONLY = ("model.init_from", "rtd.init_generator", "train.init_optimizer")
 APPLIED_IN_FIXED_GROUPS = (*START_ONLY, "rtd.discriminator_lr")
 NOT_COMPARED = ("name", "output_root")
 PATHS = ("data.path", "data.stage_dir", "model.init_from", "rtd.init_generator")
@@ -61,6 +64,11 @@ def _comparable(config: dict) -> dict:
         value = (out.get(section) or {}).get(name)
         if isinstance(value, str) and os.path.exists(value):  # a release name stays a name
             out[section] = {**out[section], name: os.path.abspath(value)}
+    sources = (out.get("data") or {}).get("sources") or {}
+    if sources:
+        out["data"] = {**out["data"], "sources": {
+            name: {**entry, "path": os.path.abspath(entry["path"])} if isinstance(entry, dict) and
+            isinstance(entry.get("path"), str) else entry for name, entry in sources.items()}}
     return out
 
 
@@ -72,9 +80,8 @@ def check_changes(saved: dict, current: dict, run_dir: str) -> dict:
     if refused:
         lines = "\n".join(f"  {k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
         raise SystemExit(f"error: {run_dir} was trained with other values of keys that cannot change on resume:\n"
-                         f"{lines}\nNothing was changed. Restore them, or continue from its weights in a new run: "
-                         f"launch/export.py checkpoint={run_dir} output=<folder>, then name=<new> "
-                         f"model.init_from=<folder>.")
+                         f"{lines}\nNothing was changed. Restore them, or continue from its weights in a new run "
+                         f"(a phase): name=<new> model.init_from={run_dir} [train.init_optimizer=true].")
     return {k: v for k, v in changes.items() if not is_fixed(k) and k not in refused}
 
 

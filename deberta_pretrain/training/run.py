@@ -14,15 +14,13 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from .. import config as schema
-from ..data import ShardedDataset
-from ..data import shards
+from ..data.corpus import Corpus
 from ..data.sampler import StepSampler
-from ..data.staging import stage_dataset, staged_path
 from ..deberta import ModelConfig
 from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import describe_folder, write_json_atomic
 from ..objectives import build_objective
-from . import distributed, optim
+from . import distributed, optim, phases
 from .checkpoint import is_run_directory
 
 logger = logging.getLogger("deberta_pretrain")
@@ -92,15 +90,25 @@ def model_config_from(cfg) -> ModelConfig:
     return ModelConfig.from_dict(fields).validate()
 
 
-def settings_warnings(cfg, train_blocks: int, validation_blocks: int, data_vocab_size: int, configs: dict) -> list:
+def settings_warnings(cfg, corpus: Corpus, data_vocab_size: int, configs: dict) -> list:
     """Settings that run, but rarely as the user meant: one message each."""
     warnings, model, generator = [], configs["model"], configs.get("generator")
-    if train_blocks < cfg.train.global_batch_size:
+    if corpus.train_samples < cfg.train.global_batch_size:
         warnings.append(f"train.global_batch_size ({cfg.train.global_batch_size}) is larger than the training split "
-                        f"of {cfg.data.path} ({train_blocks} blocks): every step repeats blocks")
-    if validation_blocks == 0:
-        warnings.append(f"{cfg.data.path} has no validation blocks: evaluation is skipped (prepare it with "
-                        f"validation_fraction > 0 to get a validation loss)")
+                        f"of {', '.join(s.path for s in corpus.sources)} ({corpus.train_samples} blocks): every step "
+                        f"repeats blocks")
+    without = [source for source in corpus.sources if len(source.validation) == 0]
+    if without and len(without) == len(corpus.sources):
+        warnings.append(f"{', '.join(s.path for s in without)} has no validation blocks: evaluation is skipped "
+                        f"(prepare it with validation_fraction > 0 to get a validation loss)")
+    elif without:
+        evaluated = [source.name for source in corpus.sources if len(source.validation)]
+        warnings.append(f"{', '.join(s.label for s in without)} has no validation blocks: the validation loss is "
+                        f"that of {', '.join(evaluated)} (weighted by their shares) and the per-source records skip "
+                        f"{', '.join(s.name for s in without)}")
+    for source in corpus.sources:
+        if corpus.mixture and source.share == 0:
+            warnings.append(f"data.sources.{source.name} has weight 0: it is evaluated, not trained on")
     unused = model.vocab_size - data_vocab_size
     if unused > max(128, model.vocab_size // 100):  # released configs round up by less, on purpose
         warnings.append(f"model.vocab_size ({model.vocab_size}) is larger than the data's vocabulary "
@@ -142,28 +150,20 @@ class Run:
 
     def _locate_data(self) -> None:
         """Validate the config; with ``data.stage_dir``, the first rank of every node copies the data there."""
-        cfg = self.cfg
-        schema.validate(cfg)
-        if not os.path.isdir(cfg.data.path):
-            raise FileNotFoundError(f"data.path: {cfg.data.path} does not exist; prepare data with "
-                                    f"`python data_prep/prepare.py output={cfg.data.path} ...`")
-        self.data_path = cfg.data.path
-        if cfg.data.stage_dir:
-            self.data_path = staged_path(cfg.data.path, cfg.data.stage_dir)
-            if self.local_rank == 0:
-                stage_dataset(cfg.data.path, cfg.data.stage_dir)
+        schema.validate(self.cfg)
+        self.corpus = Corpus(self.cfg.data)
+        self.corpus.locate(copy_here=self.local_rank == 0)
 
     def _check_inputs(self) -> None:
-        cfg = self.cfg
-        self.vocab_path = vocab_path = shards.vocab_path(self.data_path)
+        cfg, corpus = self.cfg, self.corpus
+        corpus.check_compatible()
+        self.vocab_path = vocab_path = corpus.vocab_path
         self.tokenizer = load_tokenizer(vocab_path)
         vocab = vocab_identity(self.tokenizer)
         # Hashing every shard once is enough: on rank 0, and on each node's first rank for node-local copies.
         full = self.rank == 0 or (cfg.data.stage_dir and self.local_rank == 0)
-        verify = cfg.data.verify if full else ("size" if cfg.data.verify != "none" else "none")
-        self.train_set = ShardedDataset(self.data_path, "train", verify=verify, expected_vocab=vocab)
-        self.valid_set = ShardedDataset(self.data_path, "validation", verify=verify, expected_vocab=vocab)
-        length = self.train_set.max_seq_length
+        corpus.open(cfg.data.verify if full else ("size" if cfg.data.verify != "none" else "none"), vocab)
+        length = corpus.max_seq_length
         self.objective = build_objective(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
         for name, model_config in self.objective.model_configs().items():
             key = "model" if name == "model" else f"rtd.{name}"
@@ -174,17 +174,20 @@ class Run:
                 raise ValueError(f"blocks of {length} tokens exceed {key}.max_position_embeddings "
                                  f"({model_config.max_position_embeddings})")
         if cfg.data.max_seq_length is not None and cfg.data.max_seq_length != length:
-            raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length}, but {cfg.data.path} holds blocks of "
-                             f"{length} tokens; prepare the data again or drop the override")
+            raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length}, but {corpus.sources[0].path} holds "
+                             f"blocks of {length} tokens; prepare the data again or drop the override")
+        self.optimizer_source = (phases.optimizer_source(cfg, self.objective.model_configs())
+                                 if cfg.train.init_optimizer else None)
         optim.deepspeed_config(cfg, self.world, self.on_gpu)  # batch arithmetic and precision checks
-        StepSampler(max(len(self.train_set), 1), cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-                    self.world, self.rank)
-        if len(self.train_set) == 0:
-            raise ValueError(f"data.path: {cfg.data.path} has no training samples")
+        self.sampler(rank=self.rank)
         if self.rank == 0:
-            for warning in settings_warnings(cfg, len(self.train_set), len(self.valid_set),
-                                             self.tokenizer.vocab_size, self.objective.model_configs()):
+            for warning in settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs()):
                 logger.warning(warning)
+
+    def sampler(self, rank: int) -> StepSampler:
+        cfg = self.cfg
+        return self.corpus.sampler(cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, self.world,
+                                   rank)
 
     @property
     def model_config(self) -> ModelConfig:

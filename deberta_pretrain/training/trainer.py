@@ -11,9 +11,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from ..data.corpus import Corpus, Source
 from ..data.sampler import StepSampler
 from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer
+from .phases import engine_with_moments
 from .resume_settings import check_changes, record_changes
 from .run import Run, StopRequest, ignore_interrupts, step_seed
 
@@ -24,42 +26,64 @@ class MicroBatches(torch.utils.data.Dataset):
     """Item ``k`` is the ``k``-th micro-batch of this rank (step ``k // accumulation``), prepared by the objective's
     collator; a DataLoader over it prefetches in worker processes while the order stays fixed."""
 
-    def __init__(self, dataset, sampler: StepSampler, collator):
-        self.dataset, self.sampler, self.collator = dataset, sampler, collator
+    def __init__(self, corpus: Corpus, sampler: StepSampler, collator):
+        self.corpus, self.sampler, self.collator = corpus, sampler, collator
 
     def __len__(self):
         return 2**62
 
     def __getitem__(self, k):
         step, micro = divmod(k, self.sampler.accumulation)
-        items = [(index, epoch, self.dataset[index]) for epoch, index in self.sampler.micro_batch(step, micro)]
-        return self.collator(items)
+        return self.collator([self.corpus.train_item(*sample) for sample in self.sampler.micro_batch(step, micro)])
 
 
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def evaluate(run: Run, collator) -> dict:
-    """The objective's validation metrics on fixed masks over ``train.eval_samples`` blocks; every rank runs the
-    same number of forward passes (ZeRO-3 gathers parameters collectively)."""
-    engine, cfg, objective = run.engine, run.cfg, run.objective
-    n = min(len(run.valid_set), cfg.train.eval_samples)
+def validation_totals(run: Run, collator, source: Source) -> torch.Tensor | None:
+    """The objective's statistics summed over the first ``train.eval_samples`` validation blocks of ``source``
+    (fixed masks), all-reduced; None when it has none. Every rank runs the same number of forward passes (ZeRO-3
+    gathers parameters collectively)."""
+    engine, objective = run.engine, run.objective
+    n = min(len(source.validation), run.cfg.train.eval_samples)
     if n == 0:
-        return {}
-    batch_size = cfg.train.micro_batch_size
+        return None
+    batch_size = run.cfg.train.micro_batch_size
     totals = torch.zeros(len(objective.stat_names), dtype=torch.float64, device=run.device)
-    engine.eval()
-    with torch.no_grad():
-        for j in range(math.ceil(n / (batch_size * run.world))):
-            start = (j * run.world + run.rank) * batch_size
-            indices = list(range(start, min(start + batch_size, n)))
-            items = [(i, 0, run.valid_set[i]) for i in indices] or [(0, 0, run.valid_set[0])]  # a rank with none
-            _, stats = objective.forward(engine, to_device(collator(items), run.device))
-            totals += stats if indices else 0.0 * stats
-    engine.train()
+    for j in range(math.ceil(n / (batch_size * run.world))):
+        start = (j * run.world + run.rank) * batch_size
+        indices = list(range(start, min(start + batch_size, n)))
+        items = [run.corpus.validation_item(source, i) for i in indices or [0]]  # a rank with none reads one
+        _, stats = objective.forward(engine, to_device(collator(items), run.device))
+        totals += stats if indices else 0.0 * stats
     dist.all_reduce(totals)
-    return objective.summarize(dict(zip(objective.stat_names, totals.tolist())), "validation")
+    return totals
+
+
+def evaluate(run: Run, collator) -> dict[str, dict]:
+    """{split: metrics}: ``validation``, and for a mixture ``validation/<source>`` per source besides. The mixture's
+    record weighs each source's statistics per block by its share (as if the validation blocks were drawn from the
+    mixture); sources without validation blocks are left out and the others' shares renormalised."""
+    objective, corpus = run.objective, run.corpus
+    run.engine.eval()
+    with torch.no_grad():
+        totals = {source.name: validation_totals(run, collator, source) for source in corpus.sources}
+    run.engine.train()
+    evaluated = [source for source in corpus.sources if totals[source.name] is not None]
+    if not evaluated:
+        return {}
+    if not corpus.mixture:
+        return {"validation": objective.summarize(dict(zip(objective.stat_names, totals[None].tolist())), "validation")}
+    records = {f"validation/{s.name}": objective.summarize(dict(zip(objective.stat_names, totals[s.name].tolist())),
+                                                          "validation") for s in evaluated}
+    blocks = {s.name: min(len(s.validation), run.cfg.train.eval_samples) for s in evaluated}
+    weight = sum(s.share for s in evaluated)
+    if weight > 0:
+        scale = sum(blocks.values()) / weight
+        mixed = sum(totals[s.name] * (s.share * scale / blocks[s.name]) for s in evaluated)
+        records["validation"] = objective.summarize(dict(zip(objective.stat_names, mixed.tolist())), "validation")
+    return records
 
 
 def resume_or_start(run: Run, checkpointer: Checkpointer):
@@ -96,6 +120,8 @@ def resume_or_start(run: Run, checkpointer: Checkpointer):
     if refused and run.rank == 0:  # only saves that never finished: there is nothing to resume
         logger.warning("ignoring interrupted saves that never completed: %s",
                        ", ".join(checkpointer.path(tag) for tag, _ in refused))
+    if run.optimizer_source:  # a phase that carries the previous run's AdamW moments over
+        return engine_with_moments(run, *run.optimizer_source), 0, {}, {}
     return run.build_engine(), 0, {}, {}
 
 
@@ -145,7 +171,7 @@ def micro_batch_stream(run: Run, sampler: StepSampler, start_step: int):
     """This rank's micro-batches from ``start_step`` on, prepared ahead in ``data.num_workers`` processes."""
     cfg = run.cfg
     return iter(torch.utils.data.DataLoader(
-        MicroBatches(run.train_set, sampler, run.objective.collator(cfg.seed)), batch_size=None,
+        MicroBatches(run.corpus, sampler, run.objective.collator(cfg.seed)), batch_size=None,
         sampler=range(start_step * sampler.accumulation, cfg.train.max_steps * sampler.accumulation),
         num_workers=cfg.data.num_workers, pin_memory=run.on_gpu, worker_init_fn=ignore_interrupts))
 
@@ -159,8 +185,7 @@ def pretrain(cfg) -> dict:
     objective = run.objective
     log = metrics.MetricsLogger(run.run_dir, cfg, saved_state.get("wandb_id"), enabled=run.rank == 0,
                                 start_step=start_step)
-    sampler = StepSampler(len(run.train_set), cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-                          run.world, run.rank)
+    sampler = run.sampler(run.rank)
     batches = micro_batch_stream(run, sampler, start_step)
     eval_collator = objective.collator(cfg.seed + 1)
     progress = metrics.TrainProgress(run, objective, engine, log, start_step, sampler)

@@ -1,0 +1,159 @@
+"""The prepared datasets a pretraining run reads (``cfg.data``): one ``data.path``, or a mixture of named
+``data.sources``, each a directory written by ``data_prep/prepare.py``.
+
+A single ``data.path`` is a mixture of one unnamed source, read exactly as before mixtures existed. Named sources
+must share the vocabulary and the block length; their shares come from their weights or, when no weight is given,
+from their sizes and ``data.alpha`` (``mixture.source_shares``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .mixture import check_source_name, source_shares, stream_key
+from .sampler import StepSampler
+from .shards import DataError, ShardedDataset, read_manifest
+from .shards import vocab_path as manifest_vocab_path
+from .staging import stage_dataset, staged_path
+
+SOURCE_KEYS = ("path", "weight")
+
+
+@dataclass
+class Source:
+    """One prepared dataset of the run. ``name`` is None for a run on a single ``data.path``."""
+
+    name: str | None
+    path: str  # as configured
+    weight: float | None = None
+    local: str = ""  # where it is read: ``path``, or its node-local copy under ``data.stage_dir``
+    share: float = 1.0
+    train: ShardedDataset | None = None
+    validation: ShardedDataset | None = None
+
+    @property
+    def key(self) -> str:
+        """The config key that names this source's path, for messages."""
+        return "data.path" if self.name is None else f"data.sources.{self.name}.path"
+
+    @property
+    def label(self) -> str:
+        return self.path if self.name is None else f"{self.name} ({self.path})"
+
+
+def configured_sources(data) -> list[Source]:
+    """The sources of a data config, named ones sorted by name; raises ``ValueError`` naming the key for a config
+    with both or neither of ``data.path`` and ``data.sources``, a bad name, or an entry without a path."""
+    sources = data.get("sources")
+    if data.get("path") and sources:
+        raise ValueError("data.path and data.sources are both set: give one source as data.path, or every source "
+                         "(that one included) in data.sources with data.path=null (an experiment= may set data.path)")
+    if data.get("path"):
+        return [Source(None, str(data.path))]
+    if not sources:
+        raise ValueError("no data: set data.path=<prepared dir> or data.sources={<name>: {path: <prepared dir>, "
+                         "weight: <number>}, ...}")
+    out = []
+    for name in sorted(sources, key=str):
+        check_source_name(name)
+        entry = sources[name]
+        if not hasattr(entry, "keys"):
+            raise ValueError(f"data.sources.{name} must be a mapping with keys {SOURCE_KEYS}, got {entry!r}")
+        path = entry.get("path")
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"data.sources.{name}.path: a prepared directory is needed, got {path!r}")
+        out.append(Source(str(name), path, entry.get("weight")))
+    return out
+
+
+class Corpus:
+    """The run's sources, checked and opened in two steps (``locate`` on every rank, then ``open`` once every
+    node's copies exist), and the step sampler over them."""
+
+    def __init__(self, data):
+        self.data = data
+        self.sources = configured_sources(data)
+        self.tokens: dict = {}
+        self.used: list[Source] = self.sources  # the sources with a positive share, in sampler order
+
+    @property
+    def mixture(self) -> bool:
+        """Named sources (their metrics are reported per source), as opposed to one ``data.path``."""
+        return self.sources[0].name is not None
+
+    def locate(self, copy_here: bool) -> None:
+        """Check that every source exists; with ``data.stage_dir``, point at the node-local copies (made here when
+        ``copy_here``: the first rank of each node)."""
+        for source in self.sources:
+            if not os.path.isdir(source.path):
+                raise FileNotFoundError(f"{source.key}: {source.path} does not exist; prepare data with "
+                                        f"`python data_prep/prepare.py output={source.path} ...`")
+            source.local = source.path
+            if self.data.stage_dir:
+                source.local = staged_path(source.path, self.data.stage_dir)
+                if copy_here:
+                    stage_dataset(source.path, self.data.stage_dir)
+
+    def check_compatible(self) -> None:
+        """Every source has the first one's vocabulary and block length (a mixture of ids of two vocabularies would
+        train nonsense), and the shares are set."""
+        manifests = {}
+        for source in self.sources:
+            try:
+                manifests[source.name] = read_manifest(source.local)
+            except DataError as e:
+                raise DataError(f"{source.key}: {e}") from e
+        first = self.sources[0]
+        for source in self.sources[1:]:
+            for what, get in (("vocabulary sha256", lambda m: m["vocab"].get("sha256")),
+                              ("block length (max_seq_length)", lambda m: m["max_seq_length"])):
+                mine, theirs = get(manifests[first.name]), get(manifests[source.name])
+                if mine != theirs:
+                    raise DataError(f"data.sources: {first.name} and {source.name} differ in {what}: {mine} in "
+                                    f"{first.path}, {theirs} in {source.path}; prepare every source with the same "
+                                    f"vocab= and max_seq_length=")
+        self.tokens = {source.name: int(manifests[source.name]["splits"]["train"].get("num_tokens", 0))
+                       for source in self.sources}
+        if self.mixture:
+            shares = source_shares({s.name: s.weight for s in self.sources}, self.tokens, self.data.alpha)
+            for source in self.sources:
+                source.share = shares[source.name]
+        self.used = [source for source in self.sources if source.share > 0]
+
+    def open(self, verify: str, expected_vocab: dict) -> None:
+        """Open the train and validation splits of every source (``verify``: see ``ShardedDataset``)."""
+        for source in self.sources:
+            source.train = ShardedDataset(source.local, "train", verify=verify, expected_vocab=expected_vocab)
+            source.validation = ShardedDataset(source.local, "validation", verify=verify,
+                                               expected_vocab=expected_vocab)
+            if len(source.train) == 0 and source.share > 0:
+                raise ValueError(f"{source.key}: {source.path} has no training samples")
+
+    @property
+    def vocab_path(self) -> str:
+        return manifest_vocab_path(self.sources[0].local)
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.sources[0].train.max_seq_length
+
+    @property
+    def train_samples(self) -> int:
+        return sum(len(source.train) for source in self.sources)
+
+    def sampler(self, seed: int, global_batch_size: int, micro_batch_size: int, world_size: int,
+                rank: int) -> StepSampler:
+        """The step sampler over the sources with a positive share."""
+        used = self.used
+        return StepSampler([len(s.train) for s in used], seed, global_batch_size, micro_batch_size, world_size, rank,
+                           [s.share for s in used], [stream_key(s.name) for s in used])
+
+    def train_item(self, source: int, epoch: int, index: int):
+        """(sample key, block) of a training sample as the sampler names it (``source``: an index into ``used``);
+        the key seeds its masks."""
+        chosen = self.used[source]
+        return (epoch, index, *stream_key(chosen.name)), chosen.train[index]
+
+    def validation_item(self, source: Source, index: int):
+        return (0, index, *stream_key(source.name)), source.validation[index]

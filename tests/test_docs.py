@@ -1,0 +1,74 @@
+"""The commands of docs/: every pretraining command composes into a valid config (its keys exist, its values pass
+the checks), and the quick paths that run on a CPU run as written (scaled down by appended overrides)."""
+
+import glob
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+from conftest import compose_pretrain
+
+from deberta_pretrain.training.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def bash_blocks(path: str) -> list[list[str]]:
+    """The ```bash blocks of a Markdown file, as lists of commands (continued lines joined)."""
+    text = open(path, encoding="utf-8").read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [[c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip() and not c.startswith("#")]
+            for block in blocks]
+
+
+def pretrain_overrides(command: str) -> list[str]:
+    words = shlex.split(command)
+    script = next(i for i, w in enumerate(words) if w.endswith("launch/pretrain.py"))
+    return [w for w in words[script + 1:] if "=" in w and not w.startswith("[")]  # [optional] parts are prose
+
+
+def test_docs_exist_and_are_linked_from_the_readme():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert DOCS
+    for path in DOCS:
+        assert f"docs/{os.path.basename(path)}" in readme, path
+
+
+@pytest.mark.parametrize("doc", [os.path.basename(p) for p in DOCS])
+def test_every_pretraining_command_of_the_docs_composes(doc):
+    from deberta_pretrain.config import validate
+
+    commands = [c for block in bash_blocks(os.path.join(ROOT, "docs", doc)) for c in block
+                if "launch/pretrain.py" in c]
+    for command in commands:
+        validate(compose_pretrain(*pretrain_overrides(command)))  # unknown keys, types, values: named
+
+
+@pytest.mark.slow
+def test_the_two_source_recipe_runs_as_written(tmp_path):
+    block = bash_blocks(os.path.join(ROOT, "docs", "mixtures-and-phases.md"))[0]
+    notes = tmp_path / "corpus" / "notes"
+    notes.mkdir(parents=True)
+    (notes / "sums.txt").write_text("".join(f"{a} plus {b} makes {a + b}.\n" for a in range(40) for b in range(40)))
+    scaled = ["train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.log_every=2",
+              "train.global_batch_size=8", "train.micro_batch_size=8", "train.eval_samples=8",
+              "logging.wandb.mode=disabled", "logging.progress_bar=false"]
+    for command in block:
+        words = [sys.executable if w == "python" else w for w in shlex.split(command)]
+        words = [re.sub(r"(^|=|\[|: )(data|corpus|outputs)/", lambda m: f"{m.group(1)}{tmp_path}/{m.group(2)}/", w)
+                 for w in words]
+        if words[1].endswith("launch/pretrain.py"):
+            words += [f"output_root={tmp_path / 'outputs'}", *scaled]
+        result = subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    records = read_metrics(tmp_path / "outputs" / "mixture")
+    assert {r["split"] for r in records} == {"train", "validation", "validation/help", "validation/notes"}
+    train = [r for r in records if r["split"] == "train"]
+    assert [(r["samples/help"], r["samples/notes"]) for r in train] == [(11, 5), (22, 10)]  # 0.7 / 0.3 of 16, 32
+    for name in ("loss", "accuracy"):
+        assert os.path.isfile(tmp_path / "outputs" / "mixture" / "plots" / f"{name}.png")
