@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> None:
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['num_samples']} blocks of {manifest['max_seq_length']} tokens, "
               f"{info['num_tokens']} tokens, {info['num_documents']} documents, {len(info['shards'])} shards")
-    print(f"wrote {os.path.abspath(cfg.output)}")
+    print(f"wrote {cfg.output if '://' in cfg.output else os.path.abspath(cfg.output)}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class TrainSchema:
     gradient_clipping: float = MISSING
     on_nonfinite: str = MISSING  # stop | skip: what a non-finite training loss does (bf16/fp32)
     init_optimizer: bool = MISSING  # with model.init_from=<run>: start from its AdamW moments too
+    remote_dir: Optional[str] = MISSING  # object storage (s3://bucket/runs) the run directory is mirrored to
 
 
 @dataclass
@@ -200,6 +201,9 @@ def validate(cfg) -> None:
         if getattr(getattr(cfg, section), name) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(getattr(cfg, section), name)}")
     choice("train.on_nonfinite", cfg.train.on_nonfinite, ("stop", "skip"))
+    if cfg.train.remote_dir and "://" not in cfg.train.remote_dir:
+        raise ValueError(f"train.remote_dir must be a URL of object storage such as s3://bucket/runs, got "
+                         f"{cfg.train.remote_dir!r}")
     if cfg.train.init_optimizer and not cfg.model.init_from:
         raise ValueError("train.init_optimizer=true carries the optimizer state of the run that model.init_from "
                          "names, but model.init_from is not set")

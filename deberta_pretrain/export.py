@@ -29,6 +29,7 @@ import warnings
 
 import torch
 
+from . import remote
 from .deberta import GPT2Tokenizer, ModelConfig
 from .deberta.rtd import merged_tables
 from .deberta.vocabulary import find_vocab, load_tokenizer, tokenizer_kind
@@ -131,6 +132,8 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if remote.is_remote(output):
+        return export_to_storage(checkpoint, str(output), fmt, dtype, overwrite)
     output = os.path.abspath(os.fspath(output))
     claim_output(output, "export.json", "export", overwrite)
     root, tag, run_dir = find_checkpoint(checkpoint)
@@ -161,3 +164,22 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
                           {"checkpoint": os.path.join(root, tag), "format": fmt, "dtype": dtype,
                            "model": "discriminator" if len(models) > 1 else "mlm"})
     return output
+
+
+def export_to_storage(checkpoint, url: str, fmt: str, dtype: str, overwrite: bool) -> str:
+    """``output=s3://...``: export into the user's cache, then upload with ``export.json`` last. A prefix holding
+    other objects is refused; an earlier export there is replaced only with ``overwrite=true``."""
+    url = url.rstrip("/")
+    remote.check_reachable(url, "output")
+    names = remote.listdir(url)
+    if names and remote.EXPORT_MARKER not in names:
+        raise FileExistsError(f"output={url} holds other objects ({', '.join(names[:5])}) and no export; nothing "
+                              f"was changed: choose another prefix")
+    if names and not overwrite:
+        raise FileExistsError(f"output={url} holds an earlier export; nothing was changed: add overwrite=true to "
+                              f"replace it")
+    local = export(checkpoint, remote.cache_dir("exports", remote.local_name(url)), fmt, dtype, overwrite=True)
+    if names:
+        remote.remove(remote.join(url, remote.EXPORT_MARKER))  # readers stop trusting the old one first
+    remote.upload_folder(local, url, remote.EXPORT_MARKER)
+    return url

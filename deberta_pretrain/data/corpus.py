@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import remote
 from .mixture import check_source_name, source_shares, stream_key
 from .sampler import StepSampler
 from .shards import DataError, ShardedDataset, read_manifest
 from .shards import vocab_path as manifest_vocab_path
-from .staging import stage_dataset, staged_path
+from .staging import fetch_dataset, stage_dataset, staged_path
 
 SOURCE_KEYS = ("path", "weight")
 
@@ -83,9 +84,15 @@ class Corpus:
         return self.sources[0].name is not None
 
     def locate(self, copy_here: bool) -> None:
-        """Check that every source exists; with ``data.stage_dir``, point at the node-local copies (made here when
-        ``copy_here``: the first rank of each node)."""
+        """Check that every source exists; with ``data.stage_dir`` (and always for a source in object storage), point
+        at the node-local copies (made here when ``copy_here``: the first rank of each node)."""
         for source in self.sources:
+            if remote.is_remote(source.path):
+                remote.check_reachable(source.path, source.key)
+                stage_dir = self.data.stage_dir or remote.cache_dir("data")
+                source.local = fetch_dataset(source.path, stage_dir) if copy_here else staged_path(source.path,
+                                                                                                    stage_dir)
+                continue
             if not os.path.isdir(source.path):
                 raise FileNotFoundError(f"{source.key}: {source.path} does not exist; prepare data with "
                                         f"`python data_prep/prepare.py output={source.path} ...`")

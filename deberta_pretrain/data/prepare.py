@@ -22,12 +22,13 @@ import multiprocessing
 import os
 import shutil
 
-from .. import __version__
+from .. import __version__, remote
 from ..config_keys import changed_keys
 from ..deberta.vocabulary import identity_file, load_tokenizer, vocab_identity
 from ..fileio import atomic_write, claim_output, replace_folder, write_json_atomic
 from .packing import PACKING_MODES, pack_documents
 from .shards import MANIFEST, SPLITS, shard_name
+from .staging import upload_dataset
 from .sources import iter_documents, total_bytes
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
     is never written into. A first attempt that fails (bad input, no text) leaves ``output`` as it was.
     """
     _check_settings(cfg)
+    if remote.is_remote(cfg["output"]):
+        return prepare_to_storage(cfg, progress)
     output = os.path.abspath(os.fspath(cfg["output"]))
     source = dict(cfg["source"])
     documents = iter_documents(source)  # checks the source (paths, type) before anything is written
@@ -219,6 +222,31 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
         raise
     if work != output:
         replace_folder(work, output)
+    return manifest
+
+
+def prepare_to_storage(cfg: dict, progress: bool = True) -> dict:
+    """``output=s3://...``: prepare into a local folder of the user's cache (resumable like any output), then upload
+    it with ``manifest.json`` last (an interrupted upload resumes). A prefix holding other objects is refused; one
+    holding a dataset of other settings is replaced only with ``overwrite=true``."""
+    url = str(cfg["output"]).rstrip("/")
+    remote.check_reachable(url, "output")
+    names = remote.listdir(url)
+    ours = {MANIFEST, "uploads.json"} & set(names)
+    if names and not ours:
+        raise FileExistsError(f"output={url} holds other objects ({', '.join(names[:5])}) and no prepared dataset; "
+                              f"nothing was changed: choose another prefix")
+    local = remote.cache_dir("prepare", remote.local_name(url))
+    manifest = prepare({**cfg, "output": local}, progress)
+    if MANIFEST in names:
+        old = remote.read_json(remote.join(url, MANIFEST))
+        if old == manifest:
+            return manifest  # already uploaded
+        if changed_keys(old.get("settings", {}), manifest["settings"]) and not cfg.get("overwrite"):
+            raise FileExistsError(f"output={url} holds data prepared with other settings; nothing was changed: "
+                                  f"add overwrite=true to replace it")
+        remote.remove(remote.join(url, MANIFEST))  # readers stop trusting it before any shard changes
+    upload_dataset(local, url)
     return manifest
 
 

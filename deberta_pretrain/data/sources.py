@@ -7,6 +7,8 @@ larger than memory streams through.
 * ``parquet``: the column ``text_field``, read one row group at a time.
 * ``hf``: a ``datasets`` corpus (``name``, ``config_name``, ``split``), streamed by default.
 * ``python-help``: the English help topics that ship with CPython (``pydoc_data.topics``), on every machine.
+
+``paths`` may name files and globs in object storage too (``s3://bucket/corpus/*.jsonl``), read through fsspec.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import glob
 import json
 import os
 from typing import Iterator
+
+from .. import remote
 
 SOURCE_TYPES = ("text", "jsonl", "parquet", "hf", "python-help")
 
@@ -27,18 +31,35 @@ def expand_paths(patterns) -> list[str]:
         raise ValueError("source.paths is empty: give files or globs, e.g. source.paths='[corpus/*.txt]'")
     files = []
     for pattern in patterns:
-        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        if remote.is_remote(pattern):
+            fs, path = remote.filesystem(pattern)
+            protocol = pattern.split("://", 1)[0]
+            matches = sorted(f"{protocol}://{p}" for p in fs.glob(path) if fs.isfile(p))
+        else:
+            matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
         if not matches:
             raise FileNotFoundError(f"source.paths: no file matches {pattern!r}")
         files.extend(matches)
     return files
 
 
+def open_binary(file: str):
+    """A local file or an object in storage, opened for reading bytes."""
+    if remote.is_remote(file):
+        fs, path = remote.filesystem(file)
+        return fs.open(path, "rb")
+    return open(file, "rb")
+
+
+def file_size(file: str) -> int:
+    return remote.size(file) or 0 if remote.is_remote(file) else os.path.getsize(file)
+
+
 def read_lines(file: str) -> Iterator[tuple[int, str]]:
     """(line number, line) of a UTF-8 text file, with line ends as text mode gives them ("\r\n" and "\r" end a
     line as "\n" does). Each line is decoded on its own (a text-mode file decodes in blocks), so text that is not
     UTF-8 is named by its line."""
-    with open(file, "rb") as f:
+    with open_binary(file) as f:
         for number, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
@@ -98,7 +119,7 @@ def _parquet_documents(files, field: str) -> Iterator[str]:
     import pyarrow.parquet as pq  # noqa: PLC0415 (comes with datasets)
 
     for file in files:
-        reader = pq.ParquetFile(file)
+        reader = pq.ParquetFile(open_binary(file))
         if field not in reader.schema_arrow.names:
             raise ValueError(f"{file}: no column {field!r} (columns: {', '.join(reader.schema_arrow.names)}; "
                              f"set source.text_field)")
@@ -156,7 +177,7 @@ def total_bytes(source: dict) -> int | None:
     """Size of the source in bytes for the progress bar (None when unknown: a streamed corpus, compressed parquet)."""
     kind = source.get("type")
     if kind in ("text", "jsonl"):
-        return sum(os.path.getsize(p) for p in expand_paths(source.get("paths")))
+        return sum(file_size(p) for p in expand_paths(source.get("paths")))
     if kind == "python-help":
         return sum(len(t.encode("utf-8")) for t in python_help_topics())
     return None

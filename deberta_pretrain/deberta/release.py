@@ -5,8 +5,9 @@ folder ``~/.~DeBERTa/assets/{tag or latest}/{name}/`` (or under ``cache_dir``) h
 ``model_config.json`` (the release's ``config.json``) and, when asked for, the vocabulary (``bpe_encoder.bin`` for
 v1 models, ``spm.model`` for v2/v3). Files come from
 ``https://huggingface.co/microsoft/{name}/resolve/{revision}/{file}``; set ``DEBERTA_RELEASE_URL`` to another
-template with ``{name}``, ``{file}`` (and optionally ``{revision}``) for a mirror or a local server. The cache records each file's size and sha256 (``.cache.json``) and checks them on every reuse;
-a file lock makes all processes of a node wait for one download. ``no_cache=True`` downloads to a fresh temporary
+template with ``{name}``, ``{file}`` (and optionally ``{revision}``) for a mirror or a local server. The cache
+records each file's size and sha256 (``.cache.json``) and checks them on every reuse; a file lock makes all
+processes of a node wait for one download. ``no_cache=True`` downloads to a fresh temporary
 folder and leaves the cache untouched. A local path is always used as it is.
 """
 

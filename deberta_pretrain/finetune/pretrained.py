@@ -4,11 +4,13 @@ exported, or Microsoft's), or a release name."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 
+from .. import remote
 from ..deberta import ModelConfig
 from ..deberta.loading import load_model_state
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
@@ -29,6 +31,9 @@ def load_pretrained(checkpoint: str) -> Pretrained:
     """Raises ``FileNotFoundError``/``ValueError`` naming what is missing."""
     from ..training.checkpoint import trained_models  # noqa: PLC0415
 
+    if remote.is_remote(checkpoint):  # an export in object storage: its local copy; results under outputs/
+        copy = load_pretrained(remote.fetch_export(checkpoint, "checkpoint"))
+        return dataclasses.replace(copy, where=os.path.join("outputs", "finetune", remote.local_name(checkpoint)))
     path = os.path.abspath(os.fspath(checkpoint))
     if os.path.isdir(path) and names_a_checkpoint(path):
         trained = trained_models(path)  # an RTD run: its discriminator

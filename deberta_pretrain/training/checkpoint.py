@@ -115,6 +115,7 @@ class Checkpointer:
     def __init__(self, directory: str, keep_last: int, rank: int, world_size: int, zero_stage: int):
         self.directory, self.keep_last, self.rank = directory, keep_last, rank
         self.world_size, self.zero_stage = world_size, zero_stage
+        self.retain = lambda tag: False  # a checkpoint pruning must keep beyond keep_last (not yet uploaded, say)
 
     def path(self, tag: str) -> str:
         return os.path.join(self.directory, tag)
@@ -151,7 +152,7 @@ class Checkpointer:
             "step": step, "files": files, "world_size": self.world_size, "zero_stage": self.zero_stage,
             "partitioned": partitioned, "config": config})
         atomic_write(os.path.join(self.directory, "latest"), lambda f: f.write(tag.encode()))
-        self._prune()
+        self.prune()
 
     def describe_latest(self) -> str:
         """Where ``latest`` points, in words for an error message."""
@@ -161,11 +162,13 @@ class Checkpointer:
         except OSError:
             return "there is no earlier checkpoint"
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` complete checkpoints (and those ``retain`` names)."""
         complete = self.complete_tags()
-        for tag in complete[self.keep_last:]:
-            shutil.rmtree(self.path(tag), ignore_errors=True)
-        keep = set(complete[: self.keep_last])
+        keep = set(complete[: self.keep_last]) | {tag for tag in complete if self.retain(tag)}
+        for tag in complete:
+            if tag not in keep:
+                shutil.rmtree(self.path(tag), ignore_errors=True)
         newest = step_of(complete[0]) if complete else -1
         for tag in self.all_tags():  # leftovers of interrupted saves older than the newest complete one
             if tag not in keep and step_of(tag) < newest:

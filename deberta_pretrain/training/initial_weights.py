@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from .. import remote
 from ..deberta import ModelConfig
 from ..deberta.loading import find_weights_file, load_model_state, merge_configs
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
@@ -52,6 +53,8 @@ def stored_weights(init_from: str, part: str = "model") -> tuple[dict, ModelConf
     """(state, its config if known, vocabulary file) of ``init_from``: a run or one of its checkpoints (``part``:
     ``model``, or ``generator``: an RTD run's generator, an MLM run's model), a release name, an HF folder or an
     export."""
+    if remote.is_remote(init_from):  # an export in object storage: its local copy
+        init_from = remote.fetch_export(init_from, "model.init_from" if part == "model" else "rtd.init_generator")
     if names_a_checkpoint(os.path.abspath(init_from)):
         trained = _trained(os.path.abspath(init_from))
         models = trained.generator if part == "generator" and trained.generator else trained.model  # MLM: one
@@ -65,7 +68,7 @@ def stored_weights(init_from: str, part: str = "model") -> tuple[dict, ModelConf
 
 def is_rtd_run(init_from: str | None) -> bool:
     """Whether ``init_from`` names a run of objective=rtd (or one of its checkpoints)."""
-    if not init_from or not names_a_checkpoint(os.path.abspath(init_from)):
+    if not init_from or remote.is_remote(init_from) or not names_a_checkpoint(os.path.abspath(init_from)):
         return False
     return _trained(os.path.abspath(init_from)).generator is not None
 

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from .. import config as schema
+from .. import remote
 from ..data.corpus import Corpus
 from ..data.sampler import StepSampler
 from ..deberta import ModelConfig
@@ -151,6 +152,8 @@ class Run:
     def _locate_data(self) -> None:
         """Validate the config; with ``data.stage_dir``, the first rank of every node copies the data there."""
         schema.validate(self.cfg)
+        if self.cfg.train.remote_dir:  # before anything is written: a missing bucket or bad credentials stop here
+            remote.check_reachable(self.cfg.train.remote_dir, "train.remote_dir")
         self.corpus = Corpus(self.cfg.data)
         self.corpus.locate(copy_here=self.local_rank == 0)
 

@@ -17,7 +17,8 @@ from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer
 from .phases import engine_with_moments
 from .resume_settings import check_changes, record_changes
-from .run import Run, StopRequest, ignore_interrupts, step_seed
+from .mirror import RunMirror, fetch_checkpoint
+from .run import Run, StopRequest, all_ranks_agree, ignore_interrupts, step_seed
 
 logger = logging.getLogger("deberta_pretrain")
 
@@ -181,6 +182,20 @@ def pretrain(cfg) -> dict:
     run = Run(cfg)
     checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank, run.world,
                                 cfg.deepspeed.zero_stage)
+    restore_from_mirror(run, checkpointer)
+    with RunMirror(run.run_dir, cfg.train.remote_dir, cfg.name, cfg.train.keep_last, run.rank == 0) as mirror:
+        checkpointer.retain = mirror.keeps
+        last, interrupted = train(run, checkpointer, mirror)
+    if run.rank == 0:
+        checkpointer.prune()  # what waited for its upload
+    if interrupted:
+        raise SystemExit(130)
+    return last
+
+
+def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict, bool]:
+    """The loop: (the last logged training metrics, whether Ctrl-C stopped it)."""
+    cfg = run.cfg
     engine, start_step, saved_state = start_or_resume(run, checkpointer)
     objective = run.objective
     log = metrics.MetricsLogger(run.run_dir, cfg, saved_state.get("wandb_id"), enabled=run.rank == 0,
@@ -211,7 +226,7 @@ def pretrain(cfg) -> dict:
             if step % cfg.train.eval_every == 0 or done:
                 progress.log_validation(step, evaluate(run, eval_collator))
             if step % cfg.train.checkpoint_every == 0 or done or stop_requested:
-                tag = save(checkpointer, engine, client_state(run, step, log.run_id))
+                tag = save(checkpointer, engine, client_state(run, step, log.run_id), mirror)
             if stop_requested:
                 if run.rank == 0:
                     logger.warning("stopped at step %d after a stop request (checkpoint %s); run the same command "
@@ -219,9 +234,21 @@ def pretrain(cfg) -> dict:
                 break
     progress.close()
     log.close()
-    if stop.interrupted:
-        raise SystemExit(130)
-    return progress.last
+    return progress.last, stop.interrupted
+
+
+def restore_from_mirror(run: Run, checkpointer: Checkpointer) -> None:
+    """On a machine without the run's checkpoints (a fresh node), the newest complete one of ``train.remote_dir``
+    is downloaded first (by the first rank of each node), so that the run resumes from it as from its own."""
+    if not run.cfg.train.remote_dir or checkpointer.survey()[0]:
+        return
+    error = None
+    if run.local_rank == 0:
+        try:
+            fetch_checkpoint(run.cfg.train.remote_dir, run.cfg.name, run.run_dir)
+        except OSError as e:
+            error = f"train.remote_dir: cannot download the run's checkpoint: {e}"
+    all_ranks_agree(error)
 
 
 def on_nonfinite_loss(run: Run, checkpointer: Checkpointer, step: int) -> None:
@@ -235,9 +262,12 @@ def on_nonfinite_loss(run: Run, checkpointer: Checkpointer, step: int) -> None:
         logger.warning("non-finite training loss at step %d: its update is dropped (train.on_nonfinite=skip)", step)
 
 
-def save(checkpointer: Checkpointer, engine, state: dict) -> str:
-    """Save the checkpoint of ``state["step"]``; a failed save stops the run with the path and the cause."""
+def save(checkpointer: Checkpointer, engine, state: dict, mirror: RunMirror) -> str:
+    """Save the checkpoint of ``state["step"]`` and queue its upload; a failed save stops the run with the path and
+    the cause."""
     try:
-        return checkpointer.save(engine, state["step"], state)
+        tag = checkpointer.save(engine, state["step"], state)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from e
+    mirror.checkpoint_saved(tag)
+    return tag

@@ -11,6 +11,8 @@ it patches the training modules as they are imported. Nothing in ``deberta_pretr
   kill-before-complete@N    the checkpoint of step N: every rank wrote its files; killed before complete.json
   enospc@N                  the checkpoint of step N: every write fails with ENOSPC (a full disk)
   nan-loss@N                the training loss of step N (1-based, as logged) is NaN
+  kill-before-upload-complete@N  the upload of checkpoint N to train.remote_dir: its files are in the mirror; the
+                            process is killed before its complete.json is uploaded
 
 Without ``:RANK`` a fault fires on every rank.
 """
@@ -91,6 +93,17 @@ def patch_trainer(trainer) -> None:
         return out
 
     model.forward = nan_forward
+    from deberta_pretrain import remote  # noqa: PLC0415
+
+    upload = remote.upload
+
+    def faulty_upload(local, url):
+        for kind, step, _ in FAULTS:
+            if kind == "kill-before-upload-complete" and url.endswith(f"/step_{step:08d}/complete.json"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return upload(local, url)
+
+    remote.upload = faulty_upload
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):
