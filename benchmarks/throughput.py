@@ -1,7 +1,7 @@
 """Training throughput of our MLM model against Hugging Face's, in one process, with identical weights.
 
 Full training steps (forward, backward, AdamW step) after warm-up, timed with CUDA events on a GPU (wall clock on
-the CPU): tokens/s, MFU (model FLOPs of deberta_pretrain.training.metrics.flops_per_token, PaLM-style, over the
+the CPU): tokens/s, MFU (model FLOPs of deberta_pretrain.deberta.flops.flops_per_token, PaLM-style, over the
 spec peak of the detected GPU), peak memory, and the ratio of each of our attention backends to HF's
 ``DebertaV2ForMaskedLM`` (``DebertaForMaskedLM`` for v1 configs; built with ``legacy=False`` so the release head
 loads). HF's head has no Enhanced Mask Decoder, so ours runs without it too (``--emd`` to include it).
@@ -37,6 +37,7 @@ from common import machine  # noqa: E402
 
 from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig, set_attention_backend  # noqa: E402
 from deberta_pretrain.export import hf_config_dict  # noqa: E402
+from deberta_pretrain.deberta import flops as model_flops  # noqa: E402
 from deberta_pretrain.training import metrics  # noqa: E402
 
 IGNORE = -100
@@ -207,7 +208,7 @@ def main() -> None:
         torch.manual_seed(0)
         ours = MaskedLanguageModel(config, use_emd=args.emd).to(device).train()
         state = {k: v.detach().cpu().clone() for k, v in ours.state_dict().items()}
-        flops = metrics.flops_per_token(config, length, 0.15, args.emd, batch_size * length)
+        flops = model_flops.flops_per_token(config, length, 0.15, args.emd, batch_size * length)
         results = {}
         for backend in args.backends:
             if backend == "eager" and length > args.eager_max_length:
@@ -221,7 +222,6 @@ def main() -> None:
         del ours
         if args.rtd:
             from deberta_pretrain.data.masking import default_max_predictions  # noqa: PLC0415
-            from deberta_pretrain.objectives.rtd import rtd_flops_per_token  # noqa: PLC0415
 
             backend = args.backends[0]
             torch.manual_seed(0)
@@ -229,7 +229,8 @@ def main() -> None:
             set_attention_backend(rtd, backend)
             slots = max(default_max_predictions(length), int((batch["labels"] > 0).sum(1).max()))
             rtd_batch = dict(batch, sample_uniforms=torch.rand(batch_size, slots, device=device))
-            rtd_flops = rtd_flops_per_token(rtd.generator.config, config, length, 0.15, True, batch_size * length)
+            rtd_flops = model_flops.rtd_flops_per_token(rtd.generator.config, config, length, 0.15, True,
+                                                        batch_size * length)
             results[f"ours-rtd-{backend}"] = measure(f"ours-rtd-{backend}", rtd, rtd_forward, rtd_batch, args,
                                                      device, dtype, rtd_flops, peak)
             del rtd

@@ -58,7 +58,7 @@ def hf_config_dict(config: ModelConfig, dtype: str, head: str = "mlm") -> dict:
     return out
 
 
-def hf_tokenizer_files(tokenizer, folder: str) -> None:
+def hf_tokenizer_files(tokenizer, folder: str, max_length: int = 512) -> None:
     """The tokenizer files Hugging Face's ``AutoTokenizer`` reads: for SentencePiece, ``spm.model`` and a
     ``tokenizer.json`` that gives the ids the model was trained on (:mod:`.deberta.hf_spm`); for GPT-2 BPE, see
     :func:`hf_bpe_tokenizer_files`."""
@@ -83,12 +83,12 @@ def hf_tokenizer_files(tokenizer, folder: str) -> None:
             warnings.warn(f"tokenizer.json gives other ids than the model was trained on for {len(differing)} check "
                           f"text(s), e.g. {differing[0]!r}", stacklevel=2)
         with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump({**config, "model_max_length": 512, **HF_SPECIAL_TOKENS}, f, indent=2)
+            json.dump({**config, "model_max_length": max_length, **HF_SPECIAL_TOKENS}, f, indent=2)
         return
-    hf_bpe_tokenizer_files(tokenizer, folder)
+    hf_bpe_tokenizer_files(tokenizer, folder, max_length)
 
 
-def hf_bpe_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
+def hf_bpe_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str, max_length: int = 512) -> None:
     """``vocab.json`` (BPE token string -> model id, special tokens included), ``merges.txt`` and the tokenizer
     config for HF's ``DebertaTokenizer``; GPT-2 ids missing from the dictionary stay out (they are ``[UNK]``)."""
     gpt2_strings = {gpt2_id: token for token, gpt2_id in tokenizer.gpt2_encoder["encoder"].items()}
@@ -104,7 +104,7 @@ def hf_bpe_tokenizer_files(tokenizer: GPT2Tokenizer, folder: str) -> None:
         json.dump(HF_SPECIAL_TOKENS, f, indent=2)
     with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump({"tokenizer_class": "DebertaTokenizer", "add_prefix_space": False, "do_lower_case": False,
-                   "model_max_length": 512, **HF_SPECIAL_TOKENS}, f, indent=2)
+                   "model_max_length": max_length, **HF_SPECIAL_TOKENS}, f, indent=2)
 
 
 def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: str, dtype: str,
@@ -123,7 +123,7 @@ def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: s
         save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
             json.dump({**hf_config_dict(config, dtype, head), **(hf_extra or {})}, f, indent=2, sort_keys=True)
-        hf_tokenizer_files(tokenizer, folder)
+        hf_tokenizer_files(tokenizer, folder, config.max_position_embeddings)  # the longest input it was built for
 
 
 def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite: bool = False) -> str:

@@ -25,7 +25,7 @@ prepare_argv()  # the deepspeed launcher's --local_rank must go before Hydra par
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from deberta_pretrain.config import check_finetune_keys, register_finetune_configs  # noqa: E402
+from deberta_pretrain.finetune.config import check_finetune_keys, register_finetune_configs  # noqa: E402
 
 register_finetune_configs()
 

@@ -16,7 +16,7 @@ def compose(*overrides):
     from hydra import compose as hydra_compose  # noqa: PLC0415
     from hydra import initialize_config_dir  # noqa: PLC0415
 
-    from deberta_pretrain.config import register_finetune_configs  # noqa: PLC0415
+    from deberta_pretrain.finetune.config import register_finetune_configs  # noqa: PLC0415
 
     register_finetune_configs()
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):

@@ -159,16 +159,17 @@ def compose(config_dir: str, name: str, overrides):
 ])
 def test_an_added_key_that_the_schema_lacks_fails_by_name(entry, overrides, message):
     from deberta_pretrain import config
+    from deberta_pretrain.finetune import config as finetune_config
 
     config.register_configs()
     config.register_data_prep_configs()
-    config.register_finetune_configs()
+    finetune_config.register_finetune_configs()
     if entry == "pretrain":
         cfg = compose("", "pretrain", ["name=x", "data.path=y", *overrides])
         check = config.validate
     elif entry == "finetune":
         cfg = compose("", "finetune", ["checkpoint=x", *overrides])
-        check = config.check_finetune_keys
+        check = finetune_config.check_finetune_keys
     else:
         cfg = compose("data_prep", entry, ["output=x", *overrides])
         schema = config.PrepareSchema if entry == "prepare" else config.TrainTokenizerSchema

@@ -281,7 +281,7 @@ def test_config_mistakes_are_refused_before_the_checkpoint_is_loaded(encoder, tm
 
 
 def test_the_shipped_task_and_suite_configs_pass_the_checks(tmp_path):
-    from deberta_pretrain.config import check_finetune_keys, validate_finetune
+    from deberta_pretrain.finetune.config import check_finetune_keys, validate_finetune
 
     for suite in ("glue", "glue-small"):
         check_finetune_keys(compose("checkpoint=x", f"suite={suite}"))

@@ -206,15 +206,15 @@ def objective_for(data, *overrides):
     """The objective a run of ``conf/pretrain.yaml`` with ``overrides`` on ``data`` builds (a small model)."""
     from deberta_pretrain.data import ShardedDataset
     from deberta_pretrain.deberta.vocabulary import load_tokenizer, vocab_identity
-    from deberta_pretrain.objectives import build_objective
+    from deberta_pretrain.training.initial_weights import objective_with_weights
     from deberta_pretrain.training.run import model_config_from
 
     cfg = compose_pretrain(f"data.path={data}", "name=x", "model.num_hidden_layers=4", "model.hidden_size=32",
                            "model.intermediate_size=64", "model.num_attention_heads=2", *overrides)
     dataset = ShardedDataset(str(data), "train")
     tokenizer = load_tokenizer(str(data / "bpe_encoder.bin"))
-    return build_objective(cfg, model_config_from(cfg), tokenizer, vocab_identity(tokenizer),
-                           dataset.max_seq_length), dataset
+    return objective_with_weights(cfg, model_config_from(cfg), tokenizer, vocab_identity(tokenizer),
+                                  dataset.max_seq_length), dataset
 
 
 def test_continuing_from_a_v3_style_release_folder(python_help_64, tmp_path, caplog):

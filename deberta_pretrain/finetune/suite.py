@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ..config import validate_finetune
+from .config import validate_finetune
 from ..config_keys import ABSENT, changed_keys
 from ..fileio import claim_output, sha256_file, write_json_atomic
 from ..training.distributed import init_distributed, on_cpu

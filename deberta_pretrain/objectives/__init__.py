@@ -11,31 +11,12 @@ OBJECTIVES = {"mlm": MLMObjective, "rtd": RTDObjective}
 __all__ = ["OBJECTIVES", "MLMObjective", "Objective", "RTDObjective", "build_objective"]
 
 
-def build_objective(cfg, model_config, tokenizer, vocab: dict, length: int) -> Objective:
-    """The objective of ``cfg.objective`` with the weights the run starts from (``model.init_from``, and for rtd
-    ``rtd.init_generator``, which defaults to the generator of an RTD run named by ``model.init_from``) loaded and
-    checked against the data's vocabulary (``vocab``); raises ``ValueError``."""
-    from ..training import initial_weights  # noqa: PLC0415
-
+def build_objective(cfg, model_config, tokenizer, length: int, initial_state: dict | None = None,
+                    generator: tuple | None = None) -> Objective:
+    """The objective ``cfg.objective`` names (:data:`OBJECTIVES`) for a model of ``model_config`` over blocks of
+    ``length`` tokens, starting from ``initial_state`` (None: freshly initialised) and, for rtd, from ``generator``
+    (``(state, config)`` of the generator, or None: half the discriminator's depth, freshly initialised). Loading
+    those weights is the trainer's (``training.initial_weights``)."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective: {cfg.objective!r} is not one of {tuple(OBJECTIVES)}")
-    try:
-        initial_state = None
-        head = "rtd" if cfg.objective == "rtd" else "mlm"
-        if cfg.model.init_from:
-            initial_state, model_config = initial_weights.load_initial_weights(cfg.model.init_from, model_config,
-                                                                               vocab, head)
-        if cfg.objective == "mlm":
-            return MLMObjective(cfg, model_config, tokenizer, initial_state, length)
-        from .rtd import generator_config  # noqa: PLC0415
-
-        gen_config, gen_state = generator_config(cfg, model_config), None
-        if cfg.rtd.init_generator:
-            gen_state, gen_config = initial_weights.load_initial_weights(cfg.rtd.init_generator, gen_config, vocab,
-                                                                         "mlm", "generator")
-        elif initial_weights.is_rtd_run(cfg.model.init_from):
-            gen_state, gen_config = initial_weights.load_initial_weights(cfg.model.init_from, gen_config, vocab,
-                                                                         "mlm", "generator")
-        return RTDObjective(cfg, model_config, tokenizer, initial_state, length, gen_state, gen_config)
-    finally:
-        initial_weights.forget_loaded()
+    return OBJECTIVES[cfg.objective](cfg, model_config, tokenizer, length, initial_state, generator)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 from ..data.masking import MLMCollator, default_max_predictions
-from ..deberta import MaskedLanguageModel
-from ..training import metrics
+from ..deberta import MaskedLanguageModel, flops
 from .base import Objective, ratio, stat_vector, uses_emd
 
 
@@ -33,7 +32,9 @@ class MLMObjective(Objective):
     name = "mlm"
     stat_names = ("loss", "micro_batches", "loss_sum", "predictions", "correct", "tokens")
 
-    def __init__(self, cfg, model_config, tokenizer, initial_state=None, length: int = 512):
+    def __init__(self, cfg, model_config, tokenizer, length: int = 512, initial_state=None, generator=None):
+        if generator is not None:
+            raise ValueError("objective=mlm has no generator (rtd.init_generator is for objective=rtd)")
         super().__init__(cfg, model_config, tokenizer, initial_state)
         self.max_predictions = max_predictions(cfg, length)
 
@@ -57,5 +58,5 @@ class MLMObjective(Objective):
                 "perplexity": math.exp(min(loss, 50.0)), "predictions": int(totals["predictions"])}
 
     def flops_per_token(self, length, tokens_per_step):
-        return metrics.flops_per_token(self.model_config, length, self.cfg.data.mask_prob,
+        return flops.flops_per_token(self.model_config, length, self.cfg.data.mask_prob,
                                        uses_emd(self.cfg, self.model_config), tokens_per_step)

@@ -11,11 +11,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ..deberta import MaskedLanguageModel, ModelConfig
+from ..deberta import MaskedLanguageModel, ModelConfig, flops
 from ..deberta.nnmodule import report_load_result
 from ..deberta.rtd import (AUC_BINS, RTD_STATS, ReplacedTokenDetectionModel, RTDModel, auc_from_histograms,
                            gdes_delta_from)
-from ..training import metrics
 from .base import Objective, ratio, uses_emd
 from .mlm import max_predictions, mlm_collator
 
@@ -54,11 +53,10 @@ class RTDObjective(Objective):
     stat_names = RTD_STATS + ("micro_batches",)
     progress_keys = ("generator_loss", "discriminator_accuracy")
 
-    def __init__(self, cfg, model_config, tokenizer, initial_state=None, length: int = 512,
-                 generator_state: dict | None = None, generator_model_config: ModelConfig | None = None):
+    def __init__(self, cfg, model_config, tokenizer, length: int = 512, initial_state=None,
+                 generator: tuple | None = None):
         super().__init__(cfg, model_config, tokenizer, initial_state)
-        self.generator_config = generator_model_config or generator_config(cfg, model_config)
-        self.generator_state = generator_state
+        self.generator_state, self.generator_config = generator or (None, generator_config(cfg, model_config))
         self.max_predictions = max_predictions(cfg, length)
         if uses_emd(cfg, self.generator_config) and self.generator_config.num_hidden_layers < 2:
             raise ValueError(f"the generator has {self.generator_config.num_hidden_layers} layer, but its enhanced "
@@ -118,14 +116,5 @@ class RTDObjective(Objective):
                                            [t[f"original_bin_{i}"] for i in range(AUC_BINS)])}
 
     def flops_per_token(self, length, tokens_per_step):
-        return rtd_flops_per_token(self.generator_config, self.model_config, length, self.cfg.data.mask_prob,
+        return flops.rtd_flops_per_token(self.generator_config, self.model_config, length, self.cfg.data.mask_prob,
                                    uses_emd(self.cfg, self.generator_config), tokens_per_step)
-
-
-def rtd_flops_per_token(generator: ModelConfig, discriminator: ModelConfig, length: int, mask_fraction: float,
-                        emd: bool, tokens_per_step: int) -> float:
-    """Training FLOPs per (discriminator) token: the generator (sparse head over the masked fraction, EMD) + the
-    discriminator (every token, no vocabulary head) + the RTD head."""
-    d = discriminator.hidden_size
-    return (metrics.flops_per_token(generator, length, mask_fraction, emd, tokens_per_step)
-            + metrics.flops_per_token(discriminator, length, 0.0, False, tokens_per_step) + 6 * (d * d + d))

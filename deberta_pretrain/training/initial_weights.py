@@ -23,7 +23,7 @@ import torch
 
 from .. import remote
 from ..deberta import ModelConfig
-from ..deberta.loading import find_weights_file, load_model_state, merge_configs
+from ..deberta.loading import find_weights_file, load_model_state
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
 from ..deberta.vocabulary import find_vocab, load_tokenizer, vocab_identity
 from .checkpoint import TrainedModels, names_a_checkpoint, trained_models
@@ -102,7 +102,7 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
     (``model`` or ``generator``). Raises ``ValueError`` when its vocabulary differs from the data's
     (``data_vocab``: the manifest's vocabulary identity)."""
     state, release_config, vocab_file = stored_weights(init_from, part)
-    config = merge_configs(release_config, run_config)
+    config = run_config  # a bare weights file: the run's config describes it
     if release_config is not None:  # the checkpoint's architecture wholesale; the run sets only the dropout rates
         fields = release_config.to_dict()
         fields.update({k: v for k, v in run_config.to_dict().items() if k in RUN_FIELDS})
@@ -137,3 +137,26 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
                          f"({describe(theirs)}), but data.path was prepared with another one ({describe(data_vocab)}"
                          f"); prepare the data with `python data_prep/prepare.py vocab={vocab_file} ...`")
     return state, config
+
+
+def objective_with_weights(cfg, model_config: ModelConfig, tokenizer, data_vocab: dict, length: int):
+    """The objective of ``cfg`` with the weights the run starts from: ``model.init_from`` for the model (an RTD
+    run's discriminator), and for rtd ``rtd.init_generator``, which defaults to the generator of an RTD run named by
+    ``model.init_from``; each checked against the data's vocabulary. Raises ``ValueError``."""
+    from ..objectives import build_objective  # noqa: PLC0415
+    from ..objectives.rtd import generator_config  # noqa: PLC0415
+
+    try:
+        state, generator = None, None
+        if cfg.model.init_from:
+            head = "rtd" if cfg.objective == "rtd" else "mlm"
+            state, model_config = load_initial_weights(cfg.model.init_from, model_config, data_vocab, head)
+        if cfg.objective == "rtd":
+            source = cfg.rtd.init_generator or (cfg.model.init_from if is_rtd_run(cfg.model.init_from) else None)
+            if source:
+                gen_state, gen_config = load_initial_weights(source, generator_config(cfg, model_config),
+                                                             data_vocab, "mlm", "generator")
+                generator = (gen_state, gen_config)
+        return build_objective(cfg, model_config, tokenizer, length, state, generator)
+    finally:
+        forget_loaded()

@@ -20,9 +20,9 @@ from ..data.sampler import StepSampler
 from ..deberta import ModelConfig
 from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import describe_folder, write_json_atomic
-from ..objectives import build_objective
 from . import distributed, optim, phases
-from .checkpoint import is_run_directory
+from .initial_weights import objective_with_weights
+from .checkpoint import first_error, is_run_directory
 
 logger = logging.getLogger("deberta_pretrain")
 RUNTIME_MODEL_KEYS = ("init_from",)  # in the model group, but not part of the release config
@@ -77,11 +77,9 @@ def ignore_interrupts(_worker_id: int = 0) -> None:
 
 def all_ranks_agree(error: str | None) -> None:
     """Raise the first rank's error on every rank (so no rank is left waiting in a collective)."""
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, error)
-    errors = [e for e in gathered if e]
-    if errors:
-        raise SystemExit(f"error: {errors[0]}")
+    error = first_error(error)
+    if error:
+        raise SystemExit(f"error: {error}")
 
 
 def model_config_from(cfg) -> ModelConfig:
@@ -167,7 +165,7 @@ class Run:
         full = self.rank == 0 or (cfg.data.stage_dir and self.local_rank == 0)
         corpus.open(cfg.data.verify if full else ("size" if cfg.data.verify != "none" else "none"), vocab)
         length = corpus.max_seq_length
-        self.objective = build_objective(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
+        self.objective = objective_with_weights(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
         for name, model_config in self.objective.model_configs().items():
             key = "model" if name == "model" else f"rtd.{name}"
             if model_config.vocab_size < self.tokenizer.vocab_size:
@@ -192,10 +190,6 @@ class Run:
         return self.corpus.sampler(cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, self.world,
                                    rank)
 
-    @property
-    def model_config(self) -> ModelConfig:
-        return self.objective.model_config
-
     def prepare_run_dir(self) -> None:
         if self.rank == 0:
             os.makedirs(os.path.join(self.run_dir, ".hydra"), exist_ok=True)
@@ -217,9 +211,9 @@ class Run:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         model = self.objective.build_model()
-        self.ds_config = optim.deepspeed_config(cfg, self.world, self.on_gpu)
+        ds_config = optim.deepspeed_config(cfg, self.world, self.on_gpu)
         if load_universal:
-            self.ds_config["checkpoint"] = {"load_universal": True}
+            ds_config["checkpoint"] = {"load_universal": True}
         groups = optim.param_groups(model, cfg)
         if optim.uses_deepspeed_optimizer(cfg):
             optimizer, scheduler = None, (lambda opt: optim.build_scheduler(opt, cfg))
@@ -227,7 +221,6 @@ class Run:
             optimizer = optim.build_optimizer(groups, cfg, self.on_gpu)
             scheduler = optim.build_scheduler(optimizer, cfg)
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
-                                               lr_scheduler=scheduler, config=self.ds_config)
+                                               lr_scheduler=scheduler, config=ds_config)
         self.engine = engine
-        self.accumulation = self.ds_config["gradient_accumulation_steps"]
         return engine

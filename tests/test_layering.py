@@ -1,0 +1,67 @@
+"""The import direction between the project's packages (docs/development.md has the diagram): a package imports only
+packages below it, so none can import itself back and the model can be used without the trainer."""
+
+import ast
+import os
+
+import deberta_pretrain
+
+PACKAGE = os.path.dirname(deberta_pretrain.__file__)
+# unit -> layer: a unit imports only units of a lower layer (and itself)
+LAYERS = {"__init__": 0, "fileio": 0, "config_keys": 0, "remote": 0,
+          "deberta": 1,  # the model, tokenizers, release files
+          "data": 2,  # prepared data: prep, shards, mixtures, sampler, masking
+          "objectives": 3, "config": 3,  # what is trained; the config schema
+          "training": 4,  # the pretraining loop and its components
+          "export": 5,
+          "finetune": 6}
+
+
+def unit_of(path: str) -> str:
+    first = os.path.relpath(path, PACKAGE).split(os.sep)[0]
+    return first[:-3] if first.endswith(".py") else first
+
+
+def imported_units(path: str) -> set[tuple[str, int]]:
+    """(unit, line) of every import of the project in the module at ``path`` (relative imports resolved)."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    package = os.path.relpath(os.path.dirname(path), os.path.dirname(PACKAGE)).split(os.sep)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+            else:
+                base = node.module.split(".")
+            if base[0] != "deberta_pretrain":
+                continue
+            if len(base) == 1:  # from deberta_pretrain import x / from .. import x: x is the unit
+                found.update((alias.name if alias.name in LAYERS else "__init__", node.lineno) for alias in node.names)
+            else:
+                found.add((base[1], node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "deberta_pretrain":
+                    found.add((parts[1] if len(parts) > 1 else "__init__", node.lineno))
+    return found
+
+
+def test_every_unit_has_a_layer():
+    units = {unit_of(os.path.join(PACKAGE, name)) for name in os.listdir(PACKAGE)
+             if name.endswith(".py") or os.path.isdir(os.path.join(PACKAGE, name, ""))}
+    assert units - {"__pycache__"} <= set(LAYERS)
+
+
+def test_packages_import_only_the_layers_below_them():
+    upward = []
+    for root, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            mine = unit_of(path)
+            for unit, line in imported_units(path):
+                if unit != mine and LAYERS[unit] >= LAYERS[mine]:
+                    upward.append(f"{os.path.relpath(path, PACKAGE)}:{line} imports {unit}")
+    assert not upward, "\n".join(sorted(upward))
