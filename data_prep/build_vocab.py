@@ -9,33 +9,37 @@ Without encoder_json/vocab_bpe, OpenAI's original GPT-2 files from the gpt3-toke
 sha256). Without dict_txt the ids follow GPT-2's order: they then differ from Microsoft's released checkpoints,
 which matters only when starting from those weights (the file records this as dict_source: gpt2-order). An existing
 output file is replaced only with overwrite=true; a file inside a prepared dataset, an export or a run's checkpoints
-is refused (the dataset's manifest records its vocabulary's sha256).
+is refused (the dataset's manifest records its vocabulary's sha256). The keys: conf/data_prep/build_vocab.yaml
+(``--help`` lists them).
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deberta_pretrain.config_keys import parse_arguments  # noqa: E402
-from deberta_pretrain.deberta import GPT2Tokenizer  # noqa: E402
-from deberta_pretrain.deberta.gpt2_vocab import build_bpe_encoder, save_bpe_encoder  # noqa: E402
-from deberta_pretrain.fileio import owned_by_another_tool  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-KEYS = ("output", "encoder_json", "vocab_bpe", "dict_txt", "overwrite")
+from deberta_pretrain.config import check_tool_config, register_tool_configs
+from deberta_pretrain.deberta import GPT2Tokenizer
+from deberta_pretrain.deberta.gpt2_vocab import build_bpe_encoder, save_bpe_encoder
+from deberta_pretrain.fileio import owned_by_another_tool
+
+register_tool_configs()
 
 
-def main(argv: list[str]) -> None:
-    args, problems = parse_arguments(argv, KEYS, required=("output",))
-    if problems:
-        sys.exit(f"usage: python data_prep/build_vocab.py output=<bpe_encoder.bin to write> [encoder_json=...] "
-                 f"[vocab_bpe=...] [dict_txt=...] [overwrite=true]\n{'; '.join(problems)}")
-    output = os.path.abspath(args["output"])
+@hydra.main(version_base=None, config_path="../conf/data_prep", config_name="build_vocab")
+def main(cfg: DictConfig) -> None:
+    try:
+        check_tool_config(cfg, "build_vocab")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    output = os.path.abspath(cfg.output)
     owner = owned_by_another_tool(output)
     if owner:
         sys.exit(f"error: {output} is inside {owner}, which belongs to another output; write the vocabulary elsewhere")
-    if os.path.exists(output) and args.get("overwrite", "false").lower() != "true":
+    if os.path.exists(output) and not cfg.overwrite:
         sys.exit(f"error: {output} exists; pass overwrite=true to replace it")
-    vocab = build_bpe_encoder(args.get("encoder_json"), args.get("vocab_bpe"), args.get("dict_txt"))
+    vocab = build_bpe_encoder(cfg.encoder_json, cfg.vocab_bpe, cfg.dict_txt)
     sha256 = save_bpe_encoder(vocab, output)
     tokenizer = GPT2Tokenizer(output)
     print(f"wrote {output} (sha256 {sha256}): {tokenizer.vocab_size} ids, [MASK]={tokenizer.mask_token_id}, "
@@ -43,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

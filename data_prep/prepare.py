@@ -14,9 +14,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deberta_pretrain.config import PrepareSchema, check_data_prep_keys, register_data_prep_configs  # noqa: E402
-from deberta_pretrain.data.prepare import prepare  # noqa: E402
+from deberta_pretrain.config import PrepareSchema, check_data_prep_keys, register_data_prep_configs
+from deberta_pretrain.data.prepare import prepare
 
 register_data_prep_configs()
 

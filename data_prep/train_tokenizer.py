@@ -1,7 +1,8 @@
 """Train a vocabulary on a corpus: SentencePiece (v2/v3 ``spm.model``) or GPT-2 byte-level BPE (``bpe_encoder.bin``).
 
     python data_prep/train_tokenizer.py output=vocab/pt kind=spm vocab_size=128000 source=text source.paths='[pt/*.txt]'
-    python data_prep/train_tokenizer.py output=vocab/code kind=gpt2-bpe vocab_size=50000 source=jsonl source.paths='[code/*.jsonl]'
+    python data_prep/train_tokenizer.py output=vocab/code kind=gpt2-bpe vocab_size=50000 source=jsonl \
+        source.paths='[code/*.jsonl]'
     python data_prep/prepare.py output=data/pt vocab=vocab/pt source=text source.paths='[pt/*.txt]'
 
 Settings: conf/data_prep/train_tokenizer.yaml and conf/data_prep/source/ (the same sources as prepare.py).
@@ -15,10 +16,9 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deberta_pretrain.config import (  # noqa: E402
+from deberta_pretrain.config import (
     TrainTokenizerSchema, check_data_prep_keys, register_data_prep_configs)
-from deberta_pretrain.data.vocab_training import train_vocabulary  # noqa: E402
+from deberta_pretrain.data.vocab_training import train_vocabulary
 
 register_data_prep_configs()
 

@@ -338,3 +338,44 @@ def register_data_prep_configs() -> None:
     store.store(name="train_tokenizer_schema", node=TrainTokenizerSchema)
     for name, node in SOURCE_SCHEMAS.items():
         store.store(group="source", name=f"{name}_schema", node=node)
+
+
+# ---- the tools: export, plot, build_vocab (conf/export.yaml, conf/plot.yaml, conf/data_prep/build_vocab.yaml) -----
+@dataclass
+class ExportSchema:
+    checkpoint: str = MISSING
+    output: str = MISSING
+    format: str = MISSING
+    dtype: str = MISSING
+    overwrite: bool = MISSING
+
+
+@dataclass
+class PlotSchema:
+    run: str = MISSING
+    out: Optional[str] = MISSING
+
+
+@dataclass
+class BuildVocabSchema:
+    output: str = MISSING
+    encoder_json: Optional[str] = MISSING
+    vocab_bpe: Optional[str] = MISSING
+    dict_txt: Optional[str] = MISSING
+    overwrite: bool = MISSING
+
+
+TOOL_SCHEMAS = {"export": ExportSchema, "plot": PlotSchema, "build_vocab": BuildVocabSchema}
+
+
+def register_tool_configs() -> None:
+    for name, node in TOOL_SCHEMAS.items():
+        ConfigStore.instance().store(name=f"{name}_schema", node=node)
+
+
+def check_tool_config(cfg, tool: str) -> None:
+    """Unknown keys (``+key`` too, with the nearest valid key) and keys without a value, as a ``ValueError``."""
+    check_keys(cfg, TOOL_SCHEMAS[tool])
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"no value for {', '.join(missing)} (give {' '.join(f'{k}=...' for k in missing)})")

@@ -1,5 +1,5 @@
-"""Keys of config trees: the keys a schema does not know (with the nearest valid key as a suggestion), the keys of
-a ``key=value`` command line, and the keys two trees differ in.
+"""Keys of config trees: the keys a schema does not know (with the nearest valid key as a suggestion) and the keys two
+trees differ in.
 
 Hydra's structured configs reject a misspelt override (``train.max_step=2``) by themselves, but an override with
 ``+`` (``+train.max_step=2``, which Hydra's own error message suggests) is added with the struct flag lifted and
@@ -93,13 +93,3 @@ def changed_keys(old: dict, new: dict) -> dict:
     old, new = flatten(old), flatten(new)
     return {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in sorted(old.keys() | new.keys())
             if old.get(k, ABSENT) != new.get(k, ABSENT)}
-
-
-def parse_arguments(argv: list, keys: tuple, required: tuple = ()) -> tuple[dict, list]:
-    """(``key=value`` arguments as a dict, problems): an argument without ``=``, a key not in ``keys`` (with the
-    nearest one as a suggestion; ``+key`` too), a required key that is missing."""
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    problems = [f"not a key=value: {a}" for a in argv if "=" not in a]
-    problems += [f"unknown key {k}{suggestion(k.lstrip('+'), keys)}" for k in args if k not in keys]
-    problems += [f"{k}= is missing" for k in required if k not in args]
-    return args, problems

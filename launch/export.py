@@ -6,42 +6,34 @@
 
 format: release (pytorch_model.bin + model_config.json + the vocabulary), hf (config.json + model.safetensors +
 tokenizer files), or all (both, in one directory; default). dtype: fp32 (default), bf16, fp16. An objective=rtd run
-exports its discriminator to output/ and its generator to output/generator/.
+exports its discriminator to output/ and its generator to output/generator/. The keys: conf/export.yaml
+(``--help`` lists them).
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import hydra
+from omegaconf import DictConfig
 
-KEYS = ("checkpoint", "output", "format", "dtype", "overwrite")
-USAGE = ("usage: python launch/export.py checkpoint=<run dir or checkpoint dir> output=<dir> "
-         "[format=release|hf|all] [dtype=fp32|bf16|fp16] [overwrite=true]")
+from deberta_pretrain.config import check_tool_config, register_tool_configs
+
+register_tool_configs()
 
 
-def main(argv: list[str]) -> int:
-    from deberta_pretrain.config_keys import parse_arguments  # noqa: PLC0415
-
-    args, problems = parse_arguments(argv, KEYS, required=("checkpoint", "output"))
-    if problems:
-        print(f"{USAGE}\n{'; '.join(problems)}", file=sys.stderr)
-        return 2
-    overwrite = args.get("overwrite", "false").lower()
-    if overwrite not in ("true", "false"):
-        print(f"overwrite must be true or false, got {overwrite!r}", file=sys.stderr)
-        return 2
+@hydra.main(version_base=None, config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation runs on the CPU; no GPU needed
     from deberta_pretrain.export import export  # noqa: PLC0415
 
     try:
-        out = export(args["checkpoint"], args["output"], args.get("format", "all"), args.get("dtype", "fp32"),
-                     overwrite == "true")
+        check_tool_config(cfg, "export")
+        out = export(cfg.checkpoint, cfg.output, cfg.format, cfg.dtype, cfg.overwrite)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        sys.exit(1)
     print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()

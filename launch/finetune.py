@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from deberta_pretrain.training.distributed import prepare_argv  # noqa: E402
 
 prepare_argv()  # the deepspeed launcher's --local_rank must go before Hydra parses the command line

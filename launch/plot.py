@@ -1,35 +1,35 @@
 """PNG plots of a run's metrics.jsonl against the step: loss, learning rate, throughput, and MLM accuracy or (for
-objective=rtd) the generator's loss and the discriminator's AUC, precision, recall and accuracy.
+objective=rtd) the generator's loss and the discriminator's AUC, precision, recall and accuracy; one curve per
+source of a data mixture.
 
     python launch/plot.py run=outputs/quickstart            # writes outputs/quickstart/plots/*.png
     python launch/plot.py run=outputs/quickstart out=figs
+
+The keys: conf/plot.yaml (``--help`` lists them).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deberta_pretrain.config_keys import parse_arguments  # noqa: E402
-from deberta_pretrain.training.plots import plot_run  # noqa: E402
+import hydra
+from omegaconf import DictConfig
+
+from deberta_pretrain.config import check_tool_config, register_tool_configs
+from deberta_pretrain.training.plots import plot_run
+
+register_tool_configs()
 
 
-KEYS = ("run", "out")
-
-
-def main(argv: list[str]) -> int:
-    args, problems = parse_arguments(argv, KEYS, required=("run",))
-    if problems:
-        print(f"usage: python launch/plot.py run=<run dir> [out=<dir>]\n{'; '.join(problems)}", file=sys.stderr)
-        return 2
+@hydra.main(version_base=None, config_path="../conf", config_name="plot")
+def main(cfg: DictConfig) -> None:
     try:
-        written = plot_run(args["run"], args.get("out"))
+        check_tool_config(cfg, "plot")
+        written = plot_run(cfg.run, cfg.out)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        sys.exit(1)
     for path in written:
         print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()

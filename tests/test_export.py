@@ -117,8 +117,10 @@ def test_bf16_export_and_refusals(runs, tmp_path):
         torch.float32
     missing = export(tmp_path / "nothing", tmp_path / "x", check=False)
     assert missing.returncode != 0 and "nothing" in missing.stderr and not (tmp_path / "x").exists()
-    usage = export(runs / "zero0", tmp_path / "y", "fromat=hf", check=False)
-    assert usage.returncode == 2 and "fromat" in usage.stderr
+    usage = export(runs / "zero0", tmp_path / "y", "fromat=hf", check=False)  # a Hydra app: misspelt keys named
+    assert usage.returncode == 1 and "fromat" in usage.stderr and not (tmp_path / "y").exists()
+    added = export(runs / "zero0", tmp_path / "y", "+fromat=hf", check=False)
+    assert added.returncode == 1 and "unknown key fromat (did you mean format?)" in added.stderr
 
 
 def test_incomplete_checkpoint_is_refused(runs, tmp_path):
