@@ -6,7 +6,7 @@
 
 Running again with the same name resumes from the last complete checkpoint in outputs/<name>/checkpoints. Ctrl-C,
 SIGTERM or SIGUSR1 checkpoint at the end of the current step and stop (a second Ctrl-C exits at once).
-Configs: conf/pretrain.yaml and its groups; every key is in the README.
+Configs: conf/pretrain.yaml and its groups; every key is in docs/configuration.md.
 """
 
 import logging

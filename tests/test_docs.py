@@ -1,7 +1,9 @@
 """The commands of docs/: every pretraining command composes into a valid config (its keys exist, its values pass
-the checks), and the quick paths that run on a CPU run as written (scaled down by appended overrides)."""
+the checks), and the quick paths that run on a CPU run as written (scaled down by appended overrides). The documented
+defaults of the pretraining keys equal those of conf/."""
 
 import glob
+import math
 import os
 import re
 import shlex
@@ -46,6 +48,78 @@ def test_every_pretraining_command_of_the_docs_composes(doc):
                 if "launch/pretrain.py" in c]
     for command in commands:
         validate(compose_pretrain(*pretrain_overrides(command)))  # unknown keys, types, values: named
+
+
+# The key tables of the pretraining configuration: | `key` | default | meaning |
+CONFIG_TABLES = ("configuration.md", "rtd.md")
+KEY_ROW = re.compile(r"^\|\s*`([a-z_]+(?:\.[a-z_]+)*)`\s*\|([^|]*)\|")
+NOT_DOCUMENTED = object()
+
+
+def documented_defaults(path: str) -> list[tuple[str, object]]:
+    """(key, default) for every row of the Markdown tables in ``path`` whose key is a config key (``model.*`` and
+    the like are not) and whose default is a literal; "(required)", "from `model=`" and prose are left out."""
+    rows = []
+    for line in open(path, encoding="utf-8"):
+        match = KEY_ROW.match(line.strip())
+        if match:
+            cell = match.group(2).strip().replace("`", "").strip()
+            value = literal(cell)
+            if value is not NOT_DOCUMENTED:
+                rows.append((match.group(1), value))
+    return rows
+
+
+def literal(cell: str):
+    """A table cell's value as YAML would read it: null, true/false, a number, {} or [], a bare word."""
+    if cell == "null":
+        return None
+    if cell in ("true", "false"):
+        return cell == "true"
+    if cell in ("{}", "[]"):
+        return {} if cell == "{}" else []
+    try:
+        return int(cell)
+    except ValueError:
+        pass
+    try:
+        return float(cell)
+    except ValueError:
+        pass
+    return cell if re.fullmatch(r"[A-Za-z0-9_./-]+", cell) else NOT_DOCUMENTED
+
+
+def same_value(documented, configured) -> bool:
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    if OmegaConf.is_config(configured):
+        configured = OmegaConf.to_container(configured)
+    if documented is None or isinstance(documented, (bool, str, dict, list)):
+        return type(documented) is type(configured) and documented == configured
+    return (isinstance(configured, (int, float)) and not isinstance(configured, bool)
+            and math.isclose(documented, configured, rel_tol=1e-12, abs_tol=0.0))
+
+
+@pytest.mark.parametrize("doc", CONFIG_TABLES)
+def test_documented_defaults_equal_the_yaml(doc):
+    from omegaconf import OmegaConf
+
+    rows = documented_defaults(os.path.join(ROOT, "docs", doc))
+    assert len(rows) >= (30 if doc == "configuration.md" else 5), rows  # the table was found and read
+    completing = ("name=x", "data.path=d")  # the keys without a default; their own rows are not compared
+    configs = {"": compose_pretrain(*completing),
+               "rtd.": compose_pretrain(*completing, "objective=rtd")}  # rtd.* exist only under objective=rtd
+    wrong = []
+    for key, documented in rows:
+        if any(override.startswith(f"{key}=") for override in completing):
+            continue
+        cfg = configs["rtd." if key.startswith("rtd.") else ""]
+        configured = OmegaConf.select(cfg, key, default=NOT_DOCUMENTED)
+        if configured is NOT_DOCUMENTED:
+            wrong.append(f"{key}: documented, but no such key in conf/")
+        elif not same_value(documented, configured):
+            wrong.append(f"{key}: {documented!r} in docs/{doc}, {configured!r} in conf/")
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.slow

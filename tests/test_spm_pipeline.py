@@ -59,8 +59,9 @@ def test_a_folder_without_a_vocabulary_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_continue_pretraining_an_hf_folder_and_export_it(tmp_path):
-    """The README's recipe on a tiny v3-shaped Hugging Face folder made here (config.json, model.safetensors with
-    HF's legacy MLM head, spm.model): prepare with its vocabulary, pretrain from it, export, load the result in HF."""
+    """The recipe of docs/pretraining.md on a tiny v3-shaped Hugging Face folder made here (config.json,
+    model.safetensors with HF's legacy MLM head, spm.model): prepare with its vocabulary, pretrain from it, export,
+    load the result in HF."""
     transformers = pytest.importorskip("transformers")
     models = tmp_path / "models" / "tiny-v3"
     config = transformers.DebertaV2Config(

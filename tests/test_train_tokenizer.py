@@ -74,7 +74,7 @@ def test_sampling_bounds_the_training_text_and_errors_leave_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_command_line_data_prep_and_pretraining_with_the_trained_vocabulary(tmp_path):
-    """The README's commands: train a vocabulary, prepare data with it, pretrain a few steps on it."""
+    """The commands of docs/data-prep.md: train a vocabulary, prepare data with it, pretrain a few steps on it."""
     result = subprocess.run([sys.executable, "data_prep/train_tokenizer.py", f"output={tmp_path / 'v'}",
                              "kind=gpt2-bpe", "vocab_size=800"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
