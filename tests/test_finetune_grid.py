@@ -167,3 +167,25 @@ def test_nothing_learned_is_judged_against_a_constant_prediction_and_the_label_p
     assert "best dev score undefined" in learned_nothing({"final_train_loss": 0.2, "best": {"selection_score": None}},
                                                          values, {"validation": values}, "regression", ["pearson"],
                                                          None)
+
+
+def test_fine_tuning_uses_the_shared_engine_builder_with_zero_2(quickstart_shaped, tmp_path, monkeypatch):
+    """The engine options pretraining has, fine-tuning has too: ZeRO-2 and gradient clipping from the fine-tuning
+    config's own sections, through training/engine.py; the model still learns the task."""
+    from deberta_pretrain.finetune import trainer
+    from deberta_pretrain.training import engine as shared
+
+    built = []
+
+    def spy(model, spec, world_size, on_gpu, load_universal=False):
+        built.append((spec, shared.build_engine(model, spec, world_size, on_gpu, load_universal)))
+        return built[-1][1]
+
+    monkeypatch.setattr(trainer, "shared_build_engine", spy)
+    train, dev = lexical_task(tmp_path)
+    results = finetune(*custom(train, dev, tmp_path / "zero2", quickstart_shaped, "task.recipe.lr=3e-4",
+                               "deepspeed.zero_stage=2"))
+    spec, engine = built[0]
+    assert engine.zero_optimization_stage() == 2
+    assert engine.gradient_clipping() == 1.0 and spec.optim.lr == 3e-4 and spec.optim.schedule == "linear"
+    assert results["tasks"]["custom"]["summary"]["accuracy"]["median"] > 0.8

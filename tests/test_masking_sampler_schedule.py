@@ -1,6 +1,7 @@
 """MLM masking, the step sampler, the LR schedule, the DeepSpeed config arithmetic and the FLOP formula."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -145,23 +146,29 @@ def test_upstream_warmup_linear_by_hand():
 
 
 def test_deepspeed_config_batch_arithmetic_and_errors():
+    from deberta_pretrain.training.engine import EngineSpec
+    from deberta_pretrain.training.engine import deepspeed_config as engine_config
+
+    def deepspeed_config(cfg, world_size, on_gpu):
+        return engine_config(EngineSpec.for_pretraining(cfg), world_size, on_gpu)
+
     cfg = compose_pretrain("name=x", "data.path=d")
     cfg.train.global_batch_size, cfg.train.micro_batch_size, cfg.precision = 64, 8, "bf16"
-    config = optim.deepspeed_config(cfg, world_size=4, on_gpu=False)
+    config = deepspeed_config(cfg, world_size=4, on_gpu=False)
     assert config["gradient_accumulation_steps"] == 2 and config["bf16"] == {"enabled": True}
     assert "optimizer" not in config  # a torch AdamW is passed in, nothing to compile
-    assert "optimizer" not in optim.deepspeed_config(cfg, world_size=4, on_gpu=True)  # torch's fused AdamW
+    assert "optimizer" not in deepspeed_config(cfg, world_size=4, on_gpu=True)  # torch's fused AdamW
     cfg.deepspeed.zero_stage, cfg.deepspeed.offload = 2, True  # offloaded state: DeepSpeed's CPU-Adam
-    assert optim.deepspeed_config(cfg, world_size=4, on_gpu=True)["optimizer"]["type"] == "AdamW"
+    assert deepspeed_config(cfg, world_size=4, on_gpu=True)["optimizer"]["type"] == "AdamW"
     cfg.deepspeed.zero_stage, cfg.deepspeed.offload = 0, False
     cfg.deepspeed.extra = {"zero_optimization": {"reduce_bucket_size": 123}}
-    merged = optim.deepspeed_config(cfg, world_size=1, on_gpu=False)
+    merged = deepspeed_config(cfg, world_size=1, on_gpu=False)
     assert merged["zero_optimization"] == {"stage": 0, "reduce_bucket_size": 123}
     with pytest.raises(ValueError, match="global_batch_size"):
-        optim.deepspeed_config(cfg, world_size=3, on_gpu=False)
+        deepspeed_config(cfg, world_size=3, on_gpu=False)
     cfg.precision = "fp16"
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        optim.deepspeed_config(cfg, world_size=1, on_gpu=False)
+        deepspeed_config(cfg, world_size=1, on_gpu=False)
 
 
 def test_no_weight_decay_on_biases_and_layer_norm_weights():
@@ -171,7 +178,7 @@ def test_no_weight_decay_on_biases_and_layer_norm_weights():
     model.dense = torch.nn.Linear(2, 2)
     model.LayerNorm = torch.nn.LayerNorm(2)
     cfg = OmegaConf.create({"objective": "mlm", "optim": {"weight_decay": 0.01}})
-    decay, no_decay = optim.param_groups(model, cfg)
+    decay, no_decay = optim.param_groups(model, optim.group_settings(cfg.optim))
     assert decay["params"] == [model.dense.weight] and decay["weight_decay"] == 0.01
     assert {id(p) for p in no_decay["params"]} == {id(model.dense.bias), id(model.LayerNorm.weight),
                                                    id(model.LayerNorm.bias)}
@@ -184,7 +191,10 @@ def test_rtd_discriminator_learning_rate_gets_its_own_groups():
     model.generator, model.discriminator = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     cfg = OmegaConf.create({"objective": "rtd", "optim": {"weight_decay": 0.01},
                             "rtd": {"discriminator_lr": 3e-4}})
-    groups = optim.param_groups(model, cfg)
+    from deberta_pretrain.objectives.rtd import RTDObjective
+
+    rates = RTDObjective.param_rates(SimpleNamespace(cfg=cfg))  # the objective's policy: its own groups
+    groups = optim.param_groups(model, optim.group_settings(cfg.optim, rates))
     assert [g["params"] for g in groups] == [[model.generator.weight], [model.generator.bias],
                                              [model.discriminator.weight], [model.discriminator.bias]]
     assert [g.get("lr") for g in groups] == [None, None, 3e-4, 3e-4]

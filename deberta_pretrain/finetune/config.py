@@ -17,6 +17,7 @@ from ..config_keys import check_keys
 @dataclass
 class FinetuneTrainSchema:
     micro_batch_size: Optional[int] = MISSING
+    gradient_clipping: float = MISSING
     max_steps: Optional[int] = MISSING
     eval_every: Optional[int] = MISSING
     max_train_samples: Optional[int] = MISSING
@@ -34,6 +35,8 @@ class FinetuneOptimSchema:
 @dataclass
 class FinetuneDeepSpeedSchema:
     zero_stage: int = MISSING
+    offload: bool = MISSING  # ZeRO offload of the optimizer state to CPU memory (stage >= 1)
+    extra: dict = field(default_factory=dict)  # merged into the DeepSpeed config as is
 
 
 @dataclass

@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 
 from ..deberta import ModelConfig, SequenceClassificationModel
 from ..training import optim
+from ..training.engine import EngineSpec, deepspeed_config
+from ..training.engine import build_engine as shared_build_engine
 from ..training.run import step_seed
 from . import metrics
 from .data import encode, load_task
@@ -73,23 +75,15 @@ def collate(data: dict, indices, use_segments: bool, regression: bool, device) -
 
 
 def build_engine(cfg, model, total_steps: int, batch_size: int, world: int, on_gpu: bool, lr: float, warmup: int):
-    import deepspeed  # noqa: PLC0415
-
+    """(engine, gradient accumulation, micro-batch) from the shared engine builder: the fine-tuning config's own
+    sections, with the recipe's rate and warm-up on a linear decay to 0 (upstream's GLUE schedule)."""
     micro = cfg.train.micro_batch_size or max(1, batch_size // world)
-    run = OmegaConf.create({
-        "objective": "finetune", "precision": cfg.precision,
-        "train": {"micro_batch_size": micro, "global_batch_size": batch_size, "gradient_clipping": 1.0,
-                  "max_steps": total_steps},
-        "optim": {"lr": lr, "warmup_steps": warmup, "schedule": "linear", "end_lr_ratio": 0.0,
-                  "weight_decay": cfg.optim.weight_decay, "beta1": cfg.optim.beta1, "beta2": cfg.optim.beta2,
-                  "eps": cfg.optim.eps},
-        "deepspeed": {"zero_stage": cfg.deepspeed.zero_stage, "offload": False, "extra": {}}})
-    ds_config = optim.deepspeed_config(run, world, on_gpu)
-    groups = optim.param_groups(model, run)
-    optimizer = optim.build_optimizer(groups, run, on_gpu)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
-                                           lr_scheduler=optim.build_scheduler(optimizer, run), config=ds_config)
-    return engine, ds_config["gradient_accumulation_steps"], micro
+    schedule = OmegaConf.create({**OmegaConf.to_container(cfg.optim), "lr": lr, "warmup_steps": warmup,
+                                 "schedule": "linear", "end_lr_ratio": 0.0})
+    spec = EngineSpec(cfg.precision, micro, batch_size, cfg.train.gradient_clipping, cfg.deepspeed, schedule,
+                      total_steps, optim.group_settings(schedule))
+    engine = shared_build_engine(model, spec, world, on_gpu)
+    return engine, deepspeed_config(spec, world, on_gpu)["gradient_accumulation_steps"], micro
 
 
 def predict(engine, data: dict, micro: int, use_segments: bool, regression: bool, rank: int, world: int,

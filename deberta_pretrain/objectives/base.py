@@ -49,6 +49,10 @@ class Objective:
             report_load_result(model.load_state_dict(self.initial_state, strict=False), self.cfg.model.init_from,
                                strict=False)
 
+    def param_rates(self) -> dict:
+        """{parameter-name prefix: learning rate} of parameters trained at their own rate (none by default)."""
+        return {}
+
     def model_configs(self) -> dict:
         """The models' configs, written to ``<name>_config.json`` in the run directory (``model`` is the one
         exported as the model)."""

@@ -92,6 +92,11 @@ class RTDObjective(Objective):
     def model_configs(self):
         return {"model": self.model_config, "generator": self.generator_config}
 
+    def param_rates(self):
+        """``rtd.discriminator_lr``: the discriminator's own rate (its parameter groups: ``discriminator.*``)."""
+        rate = self.cfg.rtd.discriminator_lr
+        return {"discriminator.": rate} if rate else {}
+
     def collator(self, seed):
         return RTDCollator(mlm_collator(self.cfg, self.tokenizer, seed), self.max_predictions, seed)
 

@@ -57,7 +57,7 @@ def engine_with_moments(run, root: str, tag: str):
     if universal:
         optim.repair_after_universal_load(engine)
     engine.global_steps, engine.global_samples, engine.skipped_steps = 0, 0, 0
-    optim.apply_settings(engine, cfg)
+    optim.apply_settings(engine, run.engine_spec.optim, run.engine_spec.groups)
     if run.rank == 0:
         logger.info("starting from the weights and optimizer moments of %s (step %s); the learning-rate schedule "
                     "starts at step 0", os.path.join(root, tag), tag.split("_")[-1].lstrip("0") or "0")

@@ -20,7 +20,8 @@ from ..data.sampler import StepSampler
 from ..deberta import ModelConfig
 from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import describe_folder, write_json_atomic
-from . import distributed, optim, phases
+from . import distributed, phases
+from .engine import EngineSpec, build_engine, deepspeed_config
 from .initial_weights import objective_with_weights
 from .checkpoint import first_error, is_run_directory
 
@@ -179,7 +180,8 @@ class Run:
                              f"blocks of {length} tokens; prepare the data again or drop the override")
         self.optimizer_source = (phases.optimizer_source(cfg, self.objective.model_configs())
                                  if cfg.train.init_optimizer else None)
-        optim.deepspeed_config(cfg, self.world, self.on_gpu)  # batch arithmetic and precision checks
+        self.engine_spec = EngineSpec.for_pretraining(cfg, self.objective.param_rates())
+        deepspeed_config(self.engine_spec, self.world, self.on_gpu)  # batch arithmetic and precision checks
         self.sampler(rank=self.rank)
         if self.rank == 0:
             for warning in settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs()):
@@ -206,21 +208,7 @@ class Run:
 
     def build_engine(self, load_universal: bool = False):
         """A fresh engine; ``load_universal`` prepares it to load a checkpoint in DeepSpeed's universal form."""
-        import deepspeed  # noqa: PLC0415
-
-        cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        model = self.objective.build_model()
-        ds_config = optim.deepspeed_config(cfg, self.world, self.on_gpu)
-        if load_universal:
-            ds_config["checkpoint"] = {"load_universal": True}
-        groups = optim.param_groups(model, cfg)
-        if optim.uses_deepspeed_optimizer(cfg):
-            optimizer, scheduler = None, (lambda opt: optim.build_scheduler(opt, cfg))
-        else:
-            optimizer = optim.build_optimizer(groups, cfg, self.on_gpu)
-            scheduler = optim.build_scheduler(optimizer, cfg)
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
-                                               lr_scheduler=scheduler, config=ds_config)
-        self.engine = engine
-        return engine
+        torch.manual_seed(self.cfg.seed)
+        self.engine = build_engine(self.objective.build_model(), self.engine_spec, self.world, self.on_gpu,
+                                   load_universal)
+        return self.engine

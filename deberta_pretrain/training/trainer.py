@@ -160,7 +160,7 @@ def start_or_resume(run: Run, checkpointer: Checkpointer):
     file as it was."""
     engine, start_step, saved_state, changes = resume_or_start(run, checkpointer)
     if start_step:
-        optim.apply_settings(engine, run.cfg)
+        optim.apply_settings(engine, run.engine_spec.optim, run.engine_spec.groups)
     run.prepare_run_dir()
     if start_step and run.rank == 0:
         logger.info("resuming %s from step %d", run.run_dir, start_step)

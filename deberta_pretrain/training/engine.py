@@ -1,0 +1,110 @@
+"""The DeepSpeed engine, for pretraining and fine-tuning alike: one builder; each caller hands over its own config
+sections (:class:`EngineSpec`), so that both get every engine option (ZeRO stages, offload, bf16/fp16, clipping,
+``deepspeed.extra``) the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from . import optim as optimizers
+
+
+@dataclass
+class EngineSpec:
+    """What an engine is built from. ``deepspeed``: a section with ``zero_stage``, ``offload`` and ``extra``;
+    ``optim``: one with ``lr``, ``warmup_steps``, ``schedule``, ``end_lr_ratio``, ``weight_decay``, ``beta1``,
+    ``beta2``, ``eps``; ``groups``: ``optim.group_settings`` of it."""
+
+    precision: str
+    micro_batch_size: int
+    global_batch_size: int
+    gradient_clipping: float
+    deepspeed: Any
+    optim: Any
+    total_steps: int
+    groups: list
+
+    @classmethod
+    def for_pretraining(cls, cfg, own_rates: dict | None = None) -> EngineSpec:
+        """The spec of a pretraining run; ``own_rates``: the objective's parameter groups with their own rate."""
+        train = cfg.train
+        return cls(cfg.precision, train.micro_batch_size, train.global_batch_size, train.gradient_clipping,
+                   cfg.deepspeed, cfg.optim, train.max_steps, optimizers.group_settings(cfg.optim, own_rates))
+
+
+def uses_deepspeed_optimizer(spec: EngineSpec) -> bool:
+    """DeepSpeed's CPU-Adam when the optimizer state is offloaded; otherwise torch's AdamW (optim.build_optimizer)."""
+    return bool(spec.deepspeed.offload)
+
+
+def deepspeed_config(spec: EngineSpec, world_size: int, on_gpu: bool) -> dict:
+    """The DeepSpeed config dict; ``deepspeed.extra`` is merged in last. Raises ``ValueError`` naming the key for batch
+    sizes that do not divide, offload without ZeRO, fp16 without a GPU."""
+    micro, global_batch = spec.micro_batch_size, spec.global_batch_size
+    if global_batch % (micro * world_size):
+        raise ValueError(f"train.global_batch_size ({global_batch}) must be a multiple of train.micro_batch_size "
+                         f"x world size ({micro} x {world_size})")
+    zero = {"stage": spec.deepspeed.zero_stage}
+    if spec.deepspeed.offload:
+        if spec.deepspeed.zero_stage < 1:
+            raise ValueError("deepspeed.offload needs deepspeed.zero_stage >= 1")
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+        if spec.deepspeed.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    config = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": global_batch // (micro * world_size),
+        "gradient_clipping": spec.gradient_clipping,
+        "zero_optimization": zero,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    if spec.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif spec.precision == "fp16":
+        if not on_gpu:
+            raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                          "hysteresis": 2, "min_loss_scale": 1}
+    if uses_deepspeed_optimizer(spec):
+        params = optimizers.adam_params(spec.optim)
+        params["betas"] = list(params["betas"])
+        config["optimizer"] = {"type": "AdamW", "params": params}
+    extra = spec.deepspeed.get("extra") or {}
+    if not isinstance(extra, dict):
+        extra = OmegaConf.to_container(extra, resolve=True)
+    return _merge(config, extra)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _merge(dict(base[key]), value)
+        else:
+            base[key] = value
+    return base
+
+
+def build_engine(model: torch.nn.Module, spec: EngineSpec, world_size: int, on_gpu: bool,
+                 load_universal: bool = False):
+    """A DeepSpeed engine over ``model`` with AdamW and the schedule of ``spec``; ``load_universal`` prepares it to
+    load a checkpoint in DeepSpeed's universal form."""
+    import deepspeed  # noqa: PLC0415
+
+    config = deepspeed_config(spec, world_size, on_gpu)
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
+    groups = optimizers.param_groups(model, spec.groups)
+    if uses_deepspeed_optimizer(spec):
+        optimizer, scheduler = None, (lambda opt: optimizers.build_scheduler(opt, spec.optim, spec.total_steps))
+    else:
+        optimizer = optimizers.build_optimizer(groups, spec.optim, on_gpu)
+        scheduler = optimizers.build_scheduler(optimizer, spec.optim, spec.total_steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=config)
+    return engine
