@@ -188,6 +188,8 @@ def validate(cfg) -> None:
     if cfg.objective == "rtd":
         validate_rtd(cfg.rtd)
     configured_sources(cfg.data)
+    if not (isinstance(cfg.data.alpha, (int, float)) and 0 <= cfg.data.alpha < float("inf")):
+        raise ValueError(f"data.alpha must be a finite number >= 0, got {cfg.data.alpha!r}")
     choice("data.masking", cfg.data.masking, MASKING)
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     choice("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)

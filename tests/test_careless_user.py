@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest

@@ -79,11 +79,16 @@ def test_one_data_path_reads_as_before_mixtures_existed():
 
 
 @pytest.mark.parametrize("sources,message", [
-    ("{web: {path: P, weight: 1}, wiki: {path: P}}", "web have a weight and wiki have none"),
-    ("{web: {path: P, weight: -1}, wiki: {path: P, weight: 1}}", "data.sources.web.weight must be a number >= 0, "
-                                                                  "got -1"),
-    ("{web: {path: P, weight: lots}, wiki: {path: P, weight: 1}}", "data.sources.web.weight must be a number"),
-    ("{web: {path: P, weight: 0}, wiki: {path: P, weight: 0}}", "every share is zero"),
+    ("{web: {path: P, weight: 1}, wiki: {path: P2}}", "a weight is given for web but not for wiki"),
+    ("{web: {path: P, weight: -1}, wiki: {path: P2, weight: 1}}", "data.sources.web.weight must be a finite number "
+                                                                   ">= 0, got -1"),
+    ("{web: {path: P, weight: lots}, wiki: {path: P2, weight: 1}}", "data.sources.web.weight must be a finite"),
+    ("{web: {path: P, weight: inf}, wiki: {path: P2, weight: 1}}", "data.sources.web.weight must be a finite"),
+    ("{web: {path: P, weight: 0}, wiki: {path: P2, weight: 0}}", "every share is zero"),
+    ("{web: {path: P, weight: 1}, wiki: {path: P, weight: 1}}", "web, wiki name the same data"),
+    ("{web: {path: FILE, weight: 1}}", "data.sources.web.path: FILE is a file"),
+    ("{web: {path: RUN, weight: 1}}", "data.sources.web.path: RUN is not prepared data (no manifest.json; it holds "
+                                      "metrics.jsonl"),
     ("{web.en: {path: P, weight: 1}}", "'web.en' is not a valid source name"),
     ("{web: {path: Q, weight: 1}}", "data.sources.web.path: Q does not exist"),
     ("{web: {path: EMPTY, weight: 1}}", "data.sources.web.path: EMPTY: no manifest.json"),
@@ -92,8 +97,15 @@ def test_one_data_path_reads_as_before_mixtures_existed():
 def test_bad_sources_are_named_before_anything_runs(python_help_64, tmp_path, sources, message):
     from deberta_pretrain.config import validate
 
+    import shutil
+
     (tmp_path / "empty").mkdir()
-    paths = {"P": str(python_help_64), "Q": str(tmp_path / "missing"), "EMPTY": str(tmp_path / "empty")}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    (tmp_path / "notes.txt").write_text("text\n")
+    shutil.copytree(python_help_64, tmp_path / "copy")
+    paths = {"P2": str(tmp_path / "copy"), "P": str(python_help_64), "Q": str(tmp_path / "missing"),
+             "EMPTY": str(tmp_path / "empty"), "FILE": str(tmp_path / "notes.txt"), "RUN": str(tmp_path / "run")}
     for placeholder, path in paths.items():
         sources = sources.replace(f"path: {placeholder}", f"path: {path}")
         message = message.replace(f" {placeholder}", f" {path}")
@@ -130,7 +142,7 @@ def test_a_bad_weight_on_the_command_line_exits_1_and_writes_nothing(python_help
     mixture = mixture_overrides({"help": -0.5, "numbers": 1}, {"help": python_help_64, "numbers": numbers_64})
     result = run_pretrain(tiny_overrides(python_help_64, tmp_path, "bad", **mixture), check=False, timeout=120)
     assert result.returncode == 1
-    assert "data.sources.help.weight must be a number >= 0, got -0.5" in result.stdout + result.stderr
+    assert "data.sources.help.weight must be a finite number >= 0, got -0.5" in result.stdout + result.stderr
     assert not (tmp_path / "bad").exists()
 
 

@@ -56,11 +56,13 @@ def test_init_optimizer_starts_from_the_moments_of_the_source_runs_last_step(pyt
     assert engine.get_lr() == [pytest.approx(5e-4 * 0.75)] * 2
     engine.destroy()
 
-    shape = tiny_overrides(python_help_64, tmp_path, "third", **{
-        "model.init_from": tmp_path / "first", "train.init_optimizer": True, "model.max_position_embeddings": 1024})
-    with pytest.raises(SystemExit, match=r"train.init_optimizer=true needs the model of model.init_from=.*: "
-                                         r"model.max_position_embeddings is 1024 here, 512 there"):
-        start_in_process(compose_pretrain(*shape))
+    other = tiny_overrides(python_help_64, tmp_path, "third", **{  # an RTD phase cannot take an MLM's moments
+        "model.init_from": tmp_path / "first", "train.init_optimizer": True, "objective": "rtd",
+        "rtd.generator.num_hidden_layers": 2})
+    with pytest.raises(SystemExit, match=r"train.init_optimizer=true needs a run of the same objective: "
+                                         r"model.init_from=.* was trained with objective=mlm, this run has "
+                                         r"objective=rtd"):
+        start_in_process(compose_pretrain(*other))
     assert not (tmp_path / "third").exists()
 
 
@@ -120,12 +122,16 @@ def test_a_model_with_absolute_positions_is_extended_by_copying_its_trained_rows
 
     vocab = vocab_identity(load_tokenizer(str(tmp_path / "short" / "bpe_encoder.bin")))
     wanted = ModelConfig.from_dict({**config, "max_position_embeddings": 256})
-    state, merged = load_initial_weights(str(tmp_path / "short"), wanted, vocab)
+    state, merged = load_initial_weights(str(tmp_path / "short"), wanted, vocab, length=256)
     assert merged.max_position_embeddings == 256 and merged.max_relative_positions == 128
     assert torch.equal(state[POSITIONS], torch.cat([trained, trained]))
-    with pytest.raises(ValueError, match=r"model.max_position_embeddings=64 is smaller than that of .* \(128\)"):
+    _, kept = load_initial_weights(str(tmp_path / "short"), wanted, vocab, length=128)  # blocks it covers: as it is
+    assert kept.max_position_embeddings == 128
+    with pytest.raises(ValueError, match=r"blocks of 256 tokens need more than the 128 positions of .*: set "
+                                         r"model.max_position_embeddings=256 \(or more\)"):
         load_initial_weights(str(tmp_path / "short"), ModelConfig.from_dict({**config,
-                                                                             "max_position_embeddings": 64}), vocab)
+                                                                             "max_position_embeddings": 200}),
+                             vocab, length=256)
 
     from transformers import AutoModelForMaskedLM
 

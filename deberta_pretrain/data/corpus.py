@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from .. import remote
+from ..fileio import describe_folder
 from .mixture import check_source_name, source_shares, stream_key
 from .sampler import StepSampler
 from .shards import DataError, ShardedDataset, read_manifest
@@ -55,6 +56,9 @@ def configured_sources(data) -> list[Source]:
     if not sources:
         raise ValueError("no data: set data.path=<prepared dir> or data.sources={<name>: {path: <prepared dir>, "
                          "weight: <number>}, ...}")
+    if not hasattr(sources, "keys"):
+        raise ValueError(f"data.sources must be a mapping {{<name>: {{path: ..., weight: ...}}, ...}}, got "
+                         f"{type(sources).__name__} {sources!r}")
     out = []
     for name in sorted(sources, key=str):
         check_source_name(name)
@@ -86,6 +90,11 @@ class Corpus:
     def locate(self, copy_here: bool) -> None:
         """Check that every source exists; with ``data.stage_dir`` (and always for a source in object storage), point
         at the node-local copies (made here when ``copy_here``: the first rank of each node)."""
+        paths = [os.path.abspath(s.path) if not remote.is_remote(s.path) else s.path for s in self.sources]
+        for path in {p for p in paths if paths.count(p) > 1}:
+            names = [s.name for s, p in zip(self.sources, paths) if p == path]
+            raise ValueError(f"data.sources: {', '.join(names)} name the same data ({path}); give it once, with the "
+                             f"sum of their weights")
         for source in self.sources:
             if remote.is_remote(source.path):
                 remote.check_reachable(source.path, source.key)
@@ -93,6 +102,9 @@ class Corpus:
                 source.local = fetch_dataset(source.path, stage_dir) if copy_here else staged_path(source.path,
                                                                                                     stage_dir)
                 continue
+            if os.path.isfile(source.path):
+                raise ValueError(f"{source.key}: {source.path} is a file; give the folder data_prep/prepare.py "
+                                 f"wrote (it holds manifest.json)")
             if not os.path.isdir(source.path):
                 raise FileNotFoundError(f"{source.key}: {source.path} does not exist; prepare data with "
                                         f"`python data_prep/prepare.py output={source.path} ...`")
@@ -107,6 +119,11 @@ class Corpus:
         train nonsense), and the shares are set."""
         manifests = {}
         for source in self.sources:
+            if not remote.is_remote(source.path) and os.listdir(source.path) and not os.path.isfile(
+                    os.path.join(source.local, "manifest.json")) and not os.path.isdir(
+                    os.path.join(source.path, ".prepare")):  # a run, an export, a folder of other files
+                raise DataError(f"{source.key}: {source.path} is not prepared data (no manifest.json; it holds "
+                                f"{describe_folder(source.path)})")
             try:
                 manifests[source.name] = read_manifest(source.local)
             except DataError as e:

@@ -29,7 +29,10 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # a source name appears in metric keys: 
 
 
 def check_source_name(name) -> None:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str):
+        raise ValueError(f"data.sources: the source name {name!r} is a {type(name).__name__}; names are text "
+                         f"(in YAML, quote it: '{name}')")
+    if not NAME.match(name):
         raise ValueError(f"data.sources: {name!r} is not a valid source name (letters, digits, '_' and '-' only: it "
                          f"becomes part of metric keys such as samples/<name> and validation/<name>)")
 
@@ -42,20 +45,20 @@ def source_shares(weights: Mapping[str, float | None], tokens: Mapping[str, int]
     unset = sorted(name for name, weight in weights.items() if weight is None)
     if unset and len(unset) != len(weights):
         given = sorted(name for name in weights if name not in unset)
-        raise ValueError(f"data.sources: {', '.join(given)} have a weight and {', '.join(unset)} have none (null); "
+        raise ValueError(f"data.sources: a weight is given for {', '.join(given)} but not for {', '.join(unset)}; "
                          f"give every source a weight, or none of them (shares then follow their sizes and "
                          f"data.alpha)")
     if unset:
         if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha)
                 and alpha >= 0):
-            raise ValueError(f"data.alpha must be a number >= 0, got {alpha!r}")
+            raise ValueError(f"data.alpha must be a finite number >= 0, got {alpha!r}")
         raw = {name: float(tokens[name]) ** alpha if tokens[name] > 0 else 0.0 for name in weights}
     else:
         raw = {}
         for name, weight in weights.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight < 0:
-                raise ValueError(f"data.sources.{name}.weight must be a number >= 0, got {weight!r}")
+                raise ValueError(f"data.sources.{name}.weight must be a finite number >= 0, got {weight!r}")
             raw[name] = float(weight)
     total = sum(raw.values())
     if total <= 0:

@@ -287,6 +287,9 @@ def find_checkpoint(path) -> tuple[str, str, str]:
             listing = "; ".join(f"{os.path.join(path, tag)}: {why}" for tag, why in refused)
             raise ValueError(f"checkpoint: {path} holds no usable checkpoint ({listing})")
         root, tag = path, usable[0]
+        for bad, why in refused:
+            if step_of(bad) > step_of(tag):
+                logger.warning("%s is not usable (%s): using %s", os.path.join(path, bad), why, tag)
     elif glob.glob(os.path.join(path, "*model_states.pt")):
         root, tag = os.path.dirname(path), os.path.basename(path)
         problem = checkpoint_problem(path)

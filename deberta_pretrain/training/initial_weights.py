@@ -8,9 +8,10 @@ vocabulary through the release cache. A run directory (a phase of a multi-phase 
 newest usable checkpoint, consolidated whatever ZeRO stage and process count wrote it; for an RTD run, its
 discriminator as the model and its generator as the generator.
 
-Context extension: a larger ``model.max_position_embeddings`` than the checkpoint's grows the absolute-position
-table by copying the trained rows in order (row ``i`` starts as row ``i mod old``, the Longformer recipe) and keeps
-the relative-position span the model was trained with; a smaller one is refused.
+Context extension: when the data's blocks are longer than the checkpoint's position table, the table grows to
+``model.max_position_embeddings`` by copying the trained rows in order (row ``i`` starts as row ``i mod old``, the
+Longformer recipe), keeping the relative-position span the model was trained with; a value too small for the blocks
+is refused. Blocks the checkpoint's table covers leave it as it is.
 """
 
 from __future__ import annotations
@@ -53,14 +54,26 @@ def stored_weights(init_from: str, part: str = "model") -> tuple[dict, ModelConf
     """(state, its config if known, vocabulary file) of ``init_from``: a run or one of its checkpoints (``part``:
     ``model``, or ``generator``: an RTD run's generator, an MLM run's model), a release name, an HF folder or an
     export."""
+    key = "model.init_from" if part == "model" else "rtd.init_generator"
     if remote.is_remote(init_from):  # an export in object storage: its local copy
-        init_from = remote.fetch_export(init_from, "model.init_from" if part == "model" else "rtd.init_generator")
+        init_from = remote.fetch_export(init_from, key)
     if names_a_checkpoint(os.path.abspath(init_from)):
-        trained = _trained(os.path.abspath(init_from))
+        try:
+            trained = _trained(os.path.abspath(init_from))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{key}={init_from}: {str(e).removeprefix('checkpoint: ')}") from e
         models = trained.generator if part == "generator" and trained.generator else trained.model  # MLM: one
+        logger.info("%s=%s: the %s of %s (step %d)", key, init_from, "generator" if models is trained.generator
+                    else "model", trained.checkpoint, trained.step)
         return models[0], models[1], find_vocab(trained.run_dir)
-    weights = find_weights_file(resolve_model_path(init_from))
-    state, config = load_model_state(weights)
+    try:
+        weights = find_weights_file(resolve_model_path(init_from))
+        state, config = load_model_state(weights)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{key}={init_from}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - torch.load of a file that is not a checkpoint raises anything
+        raise ValueError(f"{key}={init_from} is not a checkpoint, an export, a model folder or a release name "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     if hub_name(init_from) and not os.path.exists(init_from):
         return state, config, resolve_vocab_path(init_from)
     return state, config, find_vocab(os.path.dirname(os.path.abspath(weights)))
@@ -73,15 +86,16 @@ def is_rtd_run(init_from: str | None) -> bool:
     return _trained(os.path.abspath(init_from)).generator is not None
 
 
-def extend_positions(state: dict, config: ModelConfig, positions: int, key: str, source: str):
-    """(state, config) with ``positions`` absolute positions (see the module docstring); ``key`` names the setting
-    in messages."""
+def extend_positions(state: dict, config: ModelConfig, positions: int, length: int | None, key: str, source: str):
+    """(state, config) of a checkpoint for blocks of ``length`` tokens: as it is when its position table covers
+    them, else extended to the run's ``positions`` (see the module docstring); ``key`` names the setting."""
     have = config.max_position_embeddings
-    if positions < have:
-        raise ValueError(f"{key}.max_position_embeddings={positions} is smaller than that of {source} ({have}): "
-                         f"set it to {have} or more")
-    if positions == have:
+    if length is None or length <= have:
         return state, config
+    if positions < length:
+        raise ValueError(f"blocks of {length} tokens need more than the {have} positions of {source}: set "
+                         f"{key}.max_position_embeddings={length} (or more) to extend its position table, the new "
+                         f"rows copied from the trained ones")
     fields = {**config.to_dict(), "max_position_embeddings": positions}
     if config.relative_attention and config.max_relative_positions < 1:
         fields["max_relative_positions"] = have  # the span it was trained with (it defaults to the table's size)
@@ -94,11 +108,12 @@ def extend_positions(state: dict, config: ModelConfig, positions: int, key: str,
     return state, ModelConfig.from_dict(fields)
 
 
-def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: dict,
-                         head: str = "mlm", part: str = "model") -> tuple[dict, ModelConfig]:
+def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: dict, head: str = "mlm",
+                         part: str = "model", length: int | None = None) -> tuple[dict, ModelConfig]:
     """(state dict, merged model config) of ``init_from`` for a model with ``head`` (``mlm``: an MLM or a
     generator; ``rtd``: a discriminator): the other head's keys are set aside, a missing head is reported, the
-    position table extended to the run's ``max_position_embeddings``. ``part``: which model of an RTD run
+    position table extended to the run's ``max_position_embeddings`` when blocks of ``length`` tokens need more
+    than the checkpoint has. ``part``: which model of an RTD run
     (``model`` or ``generator``). Raises ``ValueError`` when its vocabulary differs from the data's
     (``data_vocab``: the manifest's vocabulary identity)."""
     state, release_config, vocab_file = stored_weights(init_from, part)
@@ -108,7 +123,7 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
         fields.update({k: v for k, v in run_config.to_dict().items() if k in RUN_FIELDS})
         config = ModelConfig.from_dict(fields)
         key = "rtd.generator" if part == "generator" else "model"
-        state, config = extend_positions(state, config, run_config.max_position_embeddings, key, init_from)
+        state, config = extend_positions(state, config, run_config.max_position_embeddings, length, key, init_from)
     layers = {int(k.split(".")[3]) for k in state if k.startswith("deberta.encoder.layer.")}
     if layers and len(layers) != config.num_hidden_layers:  # e.g. a generator file beside a discriminator's config
         logger.warning("%s holds %d layers, its config says %d: using %d", init_from, len(layers),
@@ -134,7 +149,7 @@ def load_initial_weights(init_from: str, run_config: ModelConfig, data_vocab: di
             return f"{identity.get('kind', 'gpt2')}, {identity['size']} ids, sha256 {identity['sha256'][:12]}"
 
         raise ValueError(f"model.init_from={init_from} was trained with the vocabulary {vocab_file} "
-                         f"({describe(theirs)}), but data.path was prepared with another one ({describe(data_vocab)}"
+                         f"({describe(theirs)}), but the data was prepared with another one ({describe(data_vocab)}"
                          f"); prepare the data with `python data_prep/prepare.py vocab={vocab_file} ...`")
     return state, config
 
@@ -150,12 +165,13 @@ def objective_with_weights(cfg, model_config: ModelConfig, tokenizer, data_vocab
         state, generator = None, None
         if cfg.model.init_from:
             head = "rtd" if cfg.objective == "rtd" else "mlm"
-            state, model_config = load_initial_weights(cfg.model.init_from, model_config, data_vocab, head)
+            state, model_config = load_initial_weights(cfg.model.init_from, model_config, data_vocab, head,
+                                                       length=length)
         if cfg.objective == "rtd":
             source = cfg.rtd.init_generator or (cfg.model.init_from if is_rtd_run(cfg.model.init_from) else None)
             if source:
                 gen_state, gen_config = load_initial_weights(source, generator_config(cfg, model_config),
-                                                             data_vocab, "mlm", "generator")
+                                                             data_vocab, "mlm", "generator", length)
                 generator = (gen_state, gen_config)
         return build_objective(cfg, model_config, tokenizer, length, state, generator)
     finally:

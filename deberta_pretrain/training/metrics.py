@@ -105,8 +105,8 @@ class TrainProgress:
         self.totals = torch.zeros(len(objective.stat_names), dtype=torch.float64, device=run.device)
         self.window_start, self.window_steps, self.last = self.clock(), 0, {}
         self.skipped_at_start = engine.skipped_steps
-        self.sources = [source.name for source in run.corpus.used] if run.corpus.mixture else []
-        self.sizes = [len(source.train) for source in run.corpus.used]
+        self.sources = run.corpus.sources if run.corpus.mixture else []  # weight 0 included: 0 samples
+        self.read = [source.name for source in run.corpus.used]  # in the order of the sampler's counts
         length = run.corpus.max_seq_length
         self.flops_per_token = objective.flops_per_token(length, cfg.train.global_batch_size * length)
         self.peak = cfg.logging.peak_tflops or (detect_peak_tflops(torch.cuda.get_device_name(run.device))
@@ -136,8 +136,11 @@ class TrainProgress:
                   "lr": self.engine.get_lr()[0], "tokens_per_s": tokens_per_s,
                   "epoch": self.sampler.epoch_of_step(step), "step_time_s": elapsed / self.window_steps,
                   "mfu": (tokens_per_s * self.flops_per_token / (self.peak * 1e12 * self.world)) if self.peak else None}
-        for name, size, samples in zip(self.sources, self.sizes, self.sampler.samples_per_source(step)):
-            record[f"samples/{name}"], record[f"epoch/{name}"] = samples, samples / size
+        counts = dict(zip(self.read, self.sampler.samples_per_source(step)))
+        for source in self.sources:
+            samples = counts.get(source.name, 0)
+            record[f"samples/{source.name}"] = samples
+            record[f"epoch/{source.name}"] = samples / max(len(source.train), 1)
         if self.cfg.precision == "fp16" or self.cfg.train.on_nonfinite == "skip":
             # updates DeepSpeed dropped (fp16: loss-scale overflows; skip: non-finite gradients) in this start
             record["skipped_steps"] = int(self.engine.skipped_steps - self.skipped_at_start)

@@ -13,7 +13,7 @@ import os
 
 from ..deberta import ModelConfig
 from . import optim
-from .checkpoint import Checkpointer, CheckpointError, find_checkpoint, names_a_checkpoint
+from .checkpoint import Checkpointer, CheckpointError, find_checkpoint, names_a_checkpoint, read_marker
 
 logger = logging.getLogger("deberta_pretrain")
 SHAPE_FREE = ("hidden_dropout_prob", "attention_probs_dropout_prob")  # may differ: no parameter depends on them
@@ -27,6 +27,11 @@ def optimizer_source(cfg, model_configs: dict) -> tuple[str, str]:
         raise ValueError(f"train.init_optimizer=true needs model.init_from=<run directory or checkpoint>, got "
                          f"{init_from} (a release or an export holds no optimizer state)")
     root, tag, run_dir = find_checkpoint(init_from)
+    theirs = ((read_marker(os.path.join(root, tag)) or {}).get("config") or {}).get("objective")
+    if theirs is not None and theirs != cfg.objective:
+        raise ValueError(f"train.init_optimizer=true needs a run of the same objective: model.init_from={init_from} "
+                         f"was trained with objective={theirs}, this run has objective={cfg.objective} (drop "
+                         f"train.init_optimizer to start only from its weights)")
     for name, config in model_configs.items():
         key = "model" if name == "model" else f"rtd.{name}"
         file = os.path.join(run_dir, f"{name}_config.json")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 from ..fileio import claim_output, write_json_atomic
 from .metrics import read_metrics
 
+LEGEND_MAX = 10  # curves with a legend line each; beyond, the sources' curves share one
 MARKER = "plots.json"  # written into every folder of plots, so that drawing again into it is known to be safe
 # file name -> (metrics, y label); a figure is drawn when the run logged any of its metrics
 PLOTS = {"loss": (("loss",), "loss"), "accuracy": (("accuracy",), "MLM accuracy"), "lr": (("lr",), "learning rate"),
@@ -41,8 +43,13 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
         if not any(r.get(key) is not None for r in records for key in keys):
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for curve, steps, values in curves(records, keys):
-            ax.plot(steps, values, label=curve, marker="o" if "validation" in curve else None, markersize=3)
+        drawn = curves(records, keys)
+        for curve, steps, values in drawn:
+            many = len(drawn) > LEGEND_MAX and curve.startswith("validation/")  # thin, unlabelled: one legend line
+            ax.plot(steps, values, label=None if many else curve, marker="o" if "validation" in curve else None,
+                    markersize=3, linewidth=0.6 if many else 1.5, alpha=0.5 if many else 1.0)
+        if len(drawn) > LEGEND_MAX:
+            ax.plot([], [], linewidth=0.6, color="gray", label=f"{len(drawn) - 2} sources (validation/<source>)")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_title(f"{os.path.basename(os.path.abspath(run_dir))}: {label}")
@@ -57,7 +64,8 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
 def curves(records: list[dict], keys) -> list[tuple[str, tuple, tuple]]:
     """(label, steps, values) of each curve of a figure showing ``keys``: train and validation, and where the figure
     shows one metric, each source of a mixture (``validation/<source>``)."""
-    per_source = sorted({r["split"] for r in records if str(r.get("split")).startswith("validation/")})
+    per_source = sorted({r["split"] for r in records if str(r.get("split")).startswith("validation/")},
+                        key=lambda split: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", split)])
     out = []
     for key in keys:
         for split in ("train", "validation", *(per_source if len(keys) == 1 else ())):

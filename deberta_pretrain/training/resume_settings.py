@@ -27,6 +27,7 @@ import json
 import logging
 import os
 
+from .. import remote
 from ..config_keys import ABSENT, changed_keys
 
 logger = logging.getLogger("deberta_pretrain")
@@ -64,12 +65,31 @@ def _comparable(config: dict) -> dict:
         value = (out.get(section) or {}).get(name)
         if isinstance(value, str) and os.path.exists(value):  # a release name stays a name
             out[section] = {**out[section], name: os.path.abspath(value)}
-    sources = (out.get("data") or {}).get("sources") or {}
-    if sources:
-        out["data"] = {**out["data"], "sources": {
-            name: {**entry, "path": os.path.abspath(entry["path"])} if isinstance(entry, dict) and
-            isinstance(entry.get("path"), str) else entry for name, entry in sources.items()}}
+    if isinstance(out.get("data"), dict) and "sources" in out["data"]:
+        out["data"] = _mixture(out["data"])
     return out
+
+
+def _mixture(data: dict) -> dict:
+    """``data`` with its mixture in one comparable value: ``data.sources`` as ``name: path @ share`` (explicit
+    weights normalised, so 7:3 equals 0.7:0.3; an added or removed source is a change of this one key), and
+    ``data.alpha`` only where it sets shares (every weight null)."""
+    sources = data.get("sources") or {}
+    data = dict(data)
+    weights = [entry.get("weight") for entry in sources.values() if isinstance(entry, dict)]
+    explicit = all(isinstance(w, (int, float)) for w in weights)
+    total = sum(weights) if explicit and weights and sum(weights) > 0 else None
+    described = []
+    for name, entry in sorted(sources.items()):
+        entry = entry if isinstance(entry, dict) else {}
+        path = entry.get("path")
+        path = os.path.abspath(path) if isinstance(path, str) and not remote.is_remote(path) else path
+        share = f"{entry['weight'] / total:.6g}" if total else "by size"
+        described.append(f"{name}: {path} @ {share}")
+    data["sources"] = "; ".join(described) or None
+    if not sources or explicit:
+        data.pop("alpha", None)  # not used by this run: never compared
+    return data
 
 
 def check_changes(saved: dict, current: dict, run_dir: str) -> dict:

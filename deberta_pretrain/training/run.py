@@ -22,8 +22,10 @@ from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import describe_folder, write_json_atomic
 from . import distributed, phases
 from .engine import EngineSpec, build_engine, deepspeed_config
+from ..objectives import build_objective
 from .initial_weights import objective_with_weights
-from .checkpoint import first_error, is_run_directory
+from .checkpoint import first_error, is_run_directory, usable_checkpoints
+from .mirror import fetch_checkpoint
 
 logger = logging.getLogger("deberta_pretrain")
 RUNTIME_MODEL_KEYS = ("init_from",)  # in the model group, but not part of the release config
@@ -135,18 +137,34 @@ class Run:
         self.on_gpu = not distributed.on_cpu()
         self.device = torch.device(f"cuda:{self.local_rank}" if self.on_gpu else "cpu")
         self.engine = None
-        for check in (self._locate_data, self._check_inputs):  # each ends with every rank agreeing
-            error = None
-            try:
-                check()
-            except (ValueError, OSError) as e:
-                error = f"{e}"
-            all_ranks_agree(error)
+        self._agree(self._locate_data)
         self.run_dir = os.path.abspath(os.path.join(cfg.output_root, cfg.name))
         if os.path.isdir(self.run_dir) and os.listdir(self.run_dir) and not is_run_directory(self.run_dir):
             raise SystemExit(f"error: {self.run_dir} is not empty and is not a run directory (it holds "
                              f"{describe_folder(self.run_dir)}); nothing was changed: choose another name= or "
                              f"output_root=")
+        if cfg.train.remote_dir:
+            self._agree(self._restore_from_mirror)
+        self._agree(self._check_inputs)
+
+    @staticmethod
+    def _agree(check) -> None:
+        """Run ``check`` on every rank; a bad input on any rank stops every rank with its message."""
+        error = None
+        try:
+            check()
+        except (ValueError, OSError) as e:
+            error = f"{e}"
+        all_ranks_agree(error)
+
+    def _restore_from_mirror(self) -> None:
+        """On a machine without the run's checkpoints (a fresh node), the first rank of each node downloads the
+        newest complete one of ``train.remote_dir``, so that the run resumes from it as from its own."""
+        if self.local_rank == 0 and not usable_checkpoints(os.path.join(self.run_dir, "checkpoints"))[0]:
+            try:
+                fetch_checkpoint(self.cfg.train.remote_dir, self.cfg.name, self.run_dir)
+            except OSError as e:
+                raise OSError(f"train.remote_dir: cannot download the run's checkpoint: {e}") from e
 
     def _locate_data(self) -> None:
         """Validate the config; with ``data.stage_dir``, the first rank of every node copies the data there."""
@@ -166,7 +184,7 @@ class Run:
         full = self.rank == 0 or (cfg.data.stage_dir and self.local_rank == 0)
         corpus.open(cfg.data.verify if full else ("size" if cfg.data.verify != "none" else "none"), vocab)
         length = corpus.max_seq_length
-        self.objective = objective_with_weights(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
+        self.objective = self._objective(vocab, length)
         for name, model_config in self.objective.model_configs().items():
             key = "model" if name == "model" else f"rtd.{name}"
             if model_config.vocab_size < self.tokenizer.vocab_size:
@@ -183,9 +201,25 @@ class Run:
         self.engine_spec = EngineSpec.for_pretraining(cfg, self.objective.param_rates())
         deepspeed_config(self.engine_spec, self.world, self.on_gpu)  # batch arithmetic and precision checks
         self.sampler(rank=self.rank)
+        self.warnings = settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs())
         if self.rank == 0:
-            for warning in settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs()):
+            for warning in self.warnings:
                 logger.warning(warning)
+
+    def _objective(self, vocab: dict, length: int):
+        """The objective with its starting weights; a run that resumes builds the models its directory recorded
+        (``model_config.json``, ``generator_config.json``) and takes its weights from its own checkpoint: what
+        ``model.init_from`` named is not read again (it may be gone)."""
+        cfg, recorded = self.cfg, os.path.join(self.run_dir, "model_config.json")
+        if not (os.path.isfile(recorded) and usable_checkpoints(os.path.join(self.run_dir, "checkpoints"))[0]):
+            return objective_with_weights(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
+        if cfg.model.init_from and self.rank == 0:
+            logger.info("resuming: the weights come from the run's own checkpoint; model.init_from=%s is not read",
+                        cfg.model.init_from)
+        generator = os.path.join(self.run_dir, "generator_config.json")
+        generator = (None, ModelConfig.from_json_file(generator)) if cfg.objective == "rtd" and os.path.isfile(
+            generator) else None
+        return build_objective(cfg, ModelConfig.from_json_file(recorded), self.tokenizer, length, None, generator)
 
     def sampler(self, rank: int) -> StepSampler:
         cfg = self.cfg
@@ -204,6 +238,8 @@ class Run:
             handler = logging.FileHandler(os.path.join(self.run_dir, "train.log"))
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)
+            for warning in self.warnings:  # said on the console before the log existed
+                handler.handle(logger.makeRecord(logger.name, logging.WARNING, __file__, 0, warning, None, None))
         dist.barrier()
 
     def build_engine(self, load_universal: bool = False):

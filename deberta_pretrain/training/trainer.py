@@ -17,8 +17,8 @@ from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer
 from .phases import engine_with_moments
 from .resume_settings import check_changes, record_changes
-from .mirror import RunMirror, fetch_checkpoint
-from .run import Run, StopRequest, all_ranks_agree, ignore_interrupts, step_seed
+from .mirror import RunMirror
+from .run import Run, StopRequest, ignore_interrupts, step_seed
 
 logger = logging.getLogger("deberta_pretrain")
 
@@ -78,11 +78,12 @@ def evaluate(run: Run, collator) -> dict[str, dict]:
         return {"validation": objective.summarize(dict(zip(objective.stat_names, totals[None].tolist())), "validation")}
     records = {f"validation/{s.name}": objective.summarize(dict(zip(objective.stat_names, totals[s.name].tolist())),
                                                           "validation") for s in evaluated}
-    blocks = {s.name: min(len(s.validation), run.cfg.train.eval_samples) for s in evaluated}
-    weight = sum(s.share for s in evaluated)
+    mixed_in = [s for s in evaluated if s.share > 0]  # a source of weight 0 is reported, not mixed in
+    blocks = {s.name: min(len(s.validation), run.cfg.train.eval_samples) for s in mixed_in}
+    weight = sum(s.share for s in mixed_in)
     if weight > 0:
         scale = sum(blocks.values()) / weight
-        mixed = sum(totals[s.name] * (s.share * scale / blocks[s.name]) for s in evaluated)
+        mixed = sum(totals[s.name] * (s.share * scale / blocks[s.name]) for s in mixed_in)
         records["validation"] = objective.summarize(dict(zip(objective.stat_names, mixed.tolist())), "validation")
     return records
 
@@ -182,7 +183,6 @@ def pretrain(cfg) -> dict:
     run = Run(cfg)
     checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank, run.world,
                                 cfg.deepspeed.zero_stage)
-    restore_from_mirror(run, checkpointer)
     with RunMirror(run.run_dir, cfg.train.remote_dir, cfg.name, cfg.train.keep_last, run.rank == 0) as mirror:
         checkpointer.retain = mirror.keeps
         last, interrupted = train(run, checkpointer, mirror)
@@ -236,19 +236,6 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
     log.close()
     return progress.last, stop.interrupted
 
-
-def restore_from_mirror(run: Run, checkpointer: Checkpointer) -> None:
-    """On a machine without the run's checkpoints (a fresh node), the newest complete one of ``train.remote_dir``
-    is downloaded first (by the first rank of each node), so that the run resumes from it as from its own."""
-    if not run.cfg.train.remote_dir or checkpointer.survey()[0]:
-        return
-    error = None
-    if run.local_rank == 0:
-        try:
-            fetch_checkpoint(run.cfg.train.remote_dir, run.cfg.name, run.run_dir)
-        except OSError as e:
-            error = f"train.remote_dir: cannot download the run's checkpoint: {e}"
-    all_ranks_agree(error)
 
 
 def on_nonfinite_loss(run: Run, checkpointer: Checkpointer, step: int) -> None:
