@@ -3,15 +3,16 @@
     bash benchmarks/gpu_check.sh                    # on the GPU machine (installs what the image lacks, then this)
     bash benchmarks/gpu_check.sh --dry-run          # the same steps with tiny sizes on the CPU, before a GPU window
 
-Steps (each timed; a failing step is recorded and the next one still runs):
-  1. gpu_tests   the ``gpu``-marked tests: the fused ``flash`` kernel against ``eager`` in bf16
-  2. throughput  benchmarks/throughput.py: deberta-v3-base, bf16, L = 128/512/2048/8192, ours with each attention
+Steps (each timed; a failing step is recorded and the next one still runs), in the order they run:
+  1. environment nvidia-smi and the library versions
+  2. gpu_tests   the ``gpu``-marked tests: the fused ``flash`` kernel against ``eager`` in bf16
+  3. throughput  benchmarks/throughput.py: deberta-v3-base, bf16, L = 128/512/2048/8192, ours with each attention
                  backend vs HF's DebertaV2ForMaskedLM with the same weights (tokens/s, MFU, peak memory), and
                  objective=rtd (generator + discriminator) with the flash backend
-  3. pretrain    real runs through ``deepspeed --num_gpus 1 launch/pretrain.py`` (deberta-v3-base, bf16, ZeRO-2,
-                 L=512, built-in corpus) with ``flash`` and with ``sdpa``, a resume of the first, and fp16 steps with
-                 dynamic loss scaling; losses, tokens/s and MFU read back from each run's metrics.jsonl
-  4. environment nvidia-smi and the library versions
+  4. pretrain    real runs through ``deepspeed --num_gpus 1 launch/pretrain.py`` (deberta-v3-base, bf16, ZeRO-2,
+                 L=512, built-in corpus) with ``flash`` and with ``sdpa``, a resume of the first, fp16 steps with
+                 dynamic loss scaling, and a mixture of two sources (per-source records); losses, tokens/s and MFU
+                 read back from each run's metrics.jsonl
 
 Output (``--out``, default benchmarks/results/<date>-<gpu>/): environment.json, gpu_tests.json, throughput.json,
 pretrain.json, summary.md and log.txt (every command's full output). The exit code is 0 only if every step passed.

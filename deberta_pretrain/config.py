@@ -149,7 +149,7 @@ class LoggingSchema:
 
 RTD_KEYS = {"lambda": (int, float), "temperature": (int, float), "embedding_sharing": str,
             "discriminator_lr": (int, float, type(None)), "init_generator": (str, type(None)), "generator": dict}
-EMBEDDING_SHARING = ("gdes", "es", "none")
+EMBEDDING_SHARING = ("gdes", "es", "none")  # deberta.rtd's, repeated so that this module does not import torch
 
 
 @dataclass

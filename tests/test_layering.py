@@ -65,3 +65,24 @@ def test_packages_import_only_the_layers_below_them():
                 if unit != mine and LAYERS[unit] >= LAYERS[mine]:
                     upward.append(f"{os.path.relpath(path, PACKAGE)}:{line} imports {unit}")
     assert not upward, "\n".join(sorted(upward))
+
+
+def test_the_fault_hook_patches_names_that_exist_and_are_called():
+    """tests/faults/sitecustomize.py injects faults by patching these names as the trainer is imported; renaming one
+    must fail here, not silently disarm the kill tests (a run that crashes at import also exits non-zero)."""
+    import inspect
+
+    from deberta_pretrain import remote
+    from deberta_pretrain.deberta.mlm import MaskedLanguageModel
+    from deberta_pretrain.training import checkpoint, mirror, trainer
+
+    hooks = open(os.path.join(os.path.dirname(PACKAGE), "tests", "faults", "sitecustomize.py")).read()
+    seams = {"trainer.step_seed": "step_seed(" in inspect.getsource(trainer.train),
+             "checkpointer.save": trainer.Checkpointer is checkpoint.Checkpointer,
+             "checkpointer._mark_complete": "self._mark_complete(" in inspect.getsource(checkpoint.Checkpointer.save),
+             "remote.upload": "remote.upload(" in inspect.getsource(mirror.RunMirror._upload_checkpoint),
+             "model.forward": callable(MaskedLanguageModel.forward)}
+    for name, used in seams.items():
+        assert name in hooks, f"the fault hook no longer patches {name}"
+        assert used, f"{name} is patched by the fault hook but no longer on the path it watches"
+    assert callable(trainer.step_seed) and callable(remote.upload)

@@ -251,10 +251,13 @@ def test_every_key_gets_its_value_from_the_yaml_files():
 
 
 def test_schema_attention_backends_are_the_model_ones():
+    """The schema repeats two of the model's choices (it does not import torch): they must stay equal."""
     from deberta_pretrain import config
     from deberta_pretrain.deberta import ATTENTION_BACKENDS
+    from deberta_pretrain.deberta.rtd import EMBEDDING_SHARING
 
     assert config.ATTENTION_BACKENDS == ATTENTION_BACKENDS
+    assert config.EMBEDDING_SHARING == EMBEDDING_SHARING
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 97, 1000, 4096, 65537])

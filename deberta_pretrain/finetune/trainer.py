@@ -24,10 +24,13 @@ logger = logging.getLogger("deberta_pretrain.finetune")
 WARMUP_SHARE = 0.06  # task.recipe.warmup_steps=null: this share of the run's steps (as RoBERTa's GLUE recipes)
 
 
+POOLING = {"dropout": 0.0, "hidden_act": "gelu"}  # upstream's GLUE pooler: no dropout inside it, GELU
+
+
 def classifier_config(config: ModelConfig) -> ModelConfig:
-    """The encoder's config with upstream's GLUE pooling (no dropout inside the pooler, GELU)."""
+    """The encoder's config with upstream's GLUE pooling (:data:`POOLING`)."""
     fields = config.to_dict()
-    fields["pooling"] = {"dropout": 0.0, "hidden_act": "gelu"}
+    fields["pooling"] = dict(POOLING)
     return ModelConfig.from_dict(fields)
 
 

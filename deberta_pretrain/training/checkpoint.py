@@ -303,8 +303,8 @@ def find_checkpoint(path) -> tuple[str, str, str]:
 
 
 def is_partitioned(folder: str) -> bool:
-    """True for ZeRO stage 1-3 checkpoints (per-rank ``zero_pp_rank_*`` files), False for stage 0."""
-    return bool(glob.glob(os.path.join(folder, "*zero_pp_rank_*.pt")))
+    """True for ZeRO stage 1-3 checkpoints (per-rank optimizer shards), False for stage 0."""
+    return bool(glob.glob(os.path.join(folder, PARTITIONED_FILES)))
 
 
 def consolidated_state_dict(root: str, tag: str) -> dict[str, torch.Tensor]:

@@ -125,6 +125,8 @@ def settings_warnings(cfg, corpus: Corpus, data_vocab_size: int, configs: dict) 
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of ``step`` on ``rank`` (dropout masks). Called once at the top of every training step, which
+    makes it the seam tests/faults hooks to inject kills and signals (see docs/development.md)."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
