@@ -171,7 +171,7 @@ def test_nothing_learned_is_judged_against_a_constant_prediction_and_the_label_p
 
 def test_fine_tuning_uses_the_shared_engine_builder_with_zero_2(quickstart_shaped, tmp_path, monkeypatch):
     """The engine options pretraining has, fine-tuning has too: ZeRO-2 and gradient clipping from the fine-tuning
-    config's own sections, through training/engine.py; the model still learns the task."""
+    config's own sections, through training/engine.py, and its metrics log; the model still learns the task."""
     from deberta_pretrain.finetune import trainer
     from deberta_pretrain.training import engine as shared
 
@@ -189,3 +189,7 @@ def test_fine_tuning_uses_the_shared_engine_builder_with_zero_2(quickstart_shape
     assert engine.zero_optimization_stage() == 2
     assert engine.gradient_clipping() == 1.0 and spec.optim.lr == 3e-4 and spec.optim.schedule == "linear"
     assert results["tasks"]["custom"]["summary"]["accuracy"]["median"] > 0.8
+    with open(tmp_path / "zero2" / "metrics.jsonl") as f:  # pretraining's metrics log: one record per evaluation
+        records = [json.loads(line) for line in f]
+    assert records and {r["split"] for r in records} == {"validation/custom"}
+    assert all({"step", "accuracy", "train_loss", "seed", "lr"} <= set(r) for r in records)

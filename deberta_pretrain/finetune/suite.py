@@ -23,10 +23,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from .config import validate_finetune
 from ..config_keys import ABSENT, changed_keys
 from ..fileio import claim_output, sha256_file, write_json_atomic
 from ..training.distributed import init_distributed, on_cpu
+from ..training.metrics import MetricsLogger
+from .config import validate_finetune
 from .data import load_task, split_files, suite_tasks
 from .grid import (GRID_KEYS, advice, choose, describe, grid_points, point_key, run_key, runs_by_key, score,
                    with_point)
@@ -193,9 +194,8 @@ def run_finetune(cfg) -> dict:
     if rank == 0:
         os.makedirs(out, exist_ok=True)
         write_json_atomic(os.path.join(out, MARKER), {"suite": suite, "checkpoint": os.path.abspath(cfg.checkpoint)})
-    wandb_run = start_wandb(cfg, suite, out) if rank == 0 else None
-    log = None if wandb_run is None else (lambda record: wandb_run.log(
-        {f"{record['task']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}))
+    log = MetricsLogger(out, cfg.logging, f"finetune-{suite}", OmegaConf.to_container(cfg, resolve=True),
+                        enabled=rank == 0, start_step=None, wandb_step=False)  # every run's records, kept
     results = {"suite": suite, "checkpoint": os.path.abspath(str(cfg.checkpoint)), "from_scratch": cfg.from_scratch,
                "pretraining_step": None if cfg.from_scratch else pretrained.step, "seeds": seeds, "tasks": {}}
     for task in tasks:
@@ -219,7 +219,7 @@ def run_finetune(cfg) -> dict:
         results["tasks"][task.name] = task_record(cfg, task, seeds, record, runs, states, pretrained, data, out,
                                                   rank)
     if rank == 0:
-        write_results(results, out, wandb_run)
+        write_results(results, out, log)
     results["output"] = out
     return results
 
@@ -240,16 +240,6 @@ def train_run(cfg, task, point: dict, seed: int, pretrained, data, where: tuple,
     dev_targets = {split: dev["labels"] for split, dev in data.dev.items()}
     why = learned_nothing(run, data.train["labels"], dev_targets, data.problem, data.metrics, task.selection)
     return {**run, "recipe": point, "nothing_learned": why}
-
-
-def start_wandb(cfg, suite: str, out: str):
-    """The wandb run of this command (``logging.wandb``), or None."""
-    if cfg.logging.wandb.mode == "disabled":
-        return None
-    import wandb  # noqa: PLC0415
-
-    return wandb.init(project=cfg.logging.wandb.project, entity=cfg.logging.wandb.entity, name=f"finetune-{suite}",
-                      mode=cfg.logging.wandb.mode, dir=out, config=OmegaConf.to_container(cfg, resolve=True))
 
 
 def task_record(cfg, task, seeds: list, record: dict, runs: dict, states: dict, pretrained, data, out: str,
@@ -303,14 +293,14 @@ def export_chosen(record: dict, task, chosen: dict, chosen_runs: list, states: d
                         "run": kept[0]}
 
 
-def write_results(results: dict, out: str, wandb_run) -> None:
+def write_results(results: dict, out: str, log: MetricsLogger) -> None:
     """``results.json``, ``results.md`` (printed too), and the medians in the wandb summary."""
     write_json_atomic(os.path.join(out, "results.json"), results)
     table = markdown(results)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
-    if wandb_run is not None:
-        wandb_run.summary.update({f"{name}/{metric}": value["median"] for name, task in results["tasks"].items()
-                                  for metric, value in task["summary"].items()})
-        wandb_run.finish()
+    if log.wandb_run is not None:
+        log.wandb_run.summary.update({f"{name}/{metric}": value["median"] for name, task in results["tasks"].items()
+                                      for metric, value in task["summary"].items()})
+    log.close()

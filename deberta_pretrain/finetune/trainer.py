@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from ..deberta import ModelConfig, SequenceClassificationModel
 from ..training import optim
+from ..training.metrics import progress_bar
 from ..training.engine import EngineSpec, deepspeed_config
 from ..training.engine import build_engine as shared_build_engine
 from ..training.run import step_seed
@@ -141,11 +142,7 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
     regression = data.problem == "regression"
     eval_every = cfg.train.eval_every or steps_per_epoch
     best, last, losses, tail = None, None, [], []  # tail: the last steps' losses, for the final training loss
-    bar = None
-    if rank == 0 and cfg.logging.progress_bar:
-        from tqdm import tqdm  # noqa: PLC0415
-
-        bar = tqdm(total=total, desc=f"{task.name} seed {seed}", dynamic_ncols=True)
+    bar = progress_bar(total, f"{task.name} seed {seed}", rank == 0 and cfg.logging.progress_bar)
     try:  # a non-finite loss raises: the engine is released all the same (a grid trains on)
         for step in range(total):
             torch.manual_seed(step_seed(seed, rank, step))  # dropout: per step and rank, as in pretraining
@@ -213,13 +210,14 @@ def batch_indices(n: int, batch_size: int, steps_per_epoch: int, seed: int, step
 
 
 def report(evaluation: dict, task_name: str, seed: int, rank: int, log, bar) -> None:
-    """A dev evaluation to wandb (``log``), the log (rank 0) and the progress bar; undefined scores are said."""
+    """A dev evaluation to the metrics log (``log``: a ``MetricsLogger``), the text log (rank 0) and the progress
+    bar; undefined scores are said."""
     undefined = [k for k, v in evaluation.items() if v is None]
     if undefined and rank == 0:
         logger.warning("%s seed %d step %d: %s undefined on these predictions (all equal?), recorded as null",
                        task_name, seed, evaluation["step"], ", ".join(undefined))
-    if log is not None:
-        log({"task": task_name, "seed": seed, **evaluation})
+    if log is not None:  # metrics.jsonl and wandb, as pretraining's validation records
+        log.log({"split": f"validation/{task_name}", "task": task_name, "seed": seed, **evaluation})
     if rank == 0:
         logger.info("%s seed %d step %d: %s", task_name, seed, evaluation["step"],
                     ", ".join(f"{k} {_number(v)}" for k, v in evaluation.items() if k != "step"))

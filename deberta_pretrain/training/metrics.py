@@ -32,27 +32,31 @@ def detect_peak_tflops(device_name: str | None) -> float | None:
 
 
 class MetricsLogger:
-    """Rank 0 only: appends JSON lines to ``metrics.jsonl`` and mirrors them to wandb."""
+    """Where metrics go, for pretraining and fine-tuning alike: JSON lines in ``<folder>/metrics.jsonl`` and the same
+    records in wandb (``logging.wandb``: the ``logging`` section), from rank 0 only. Records carry ``step`` and
+    ``split``; wandb gets ``<split>/<metric>``. ``start_step``: drop the records after it first (a resumed run
+    logs those steps again; None keeps every record); ``wandb_step``: use ``step`` as wandb's step (False where
+    several runs of one command restart at step 1)."""
 
-    def __init__(self, run_dir: str, cfg, resume_id: str | None, enabled: bool, start_step: int = 0):
-        self.enabled = enabled
+    def __init__(self, folder: str, logging_cfg, name: str, config: dict | None, resume_id: str | None = None,
+                 enabled: bool = True, start_step: int | None = 0, wandb_step: bool = True):
+        self.enabled, self.wandb_step = enabled, wandb_step
         self.wandb_run = None
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = os.path.join(folder, "metrics.jsonl")
         self.run_id = resume_id
         if not enabled:
             return
-        self._forget_after(start_step)
-        mode = cfg.logging.wandb.mode
-        if mode != "disabled":
+        if start_step is not None:
+            self._forget_after(start_step)
+        wandb_cfg = logging_cfg.wandb
+        if wandb_cfg.mode != "disabled":
             import wandb  # noqa: PLC0415
-            from omegaconf import OmegaConf  # noqa: PLC0415
 
             self.run_id = resume_id or secrets.token_hex(4)
-            os.makedirs(os.path.join(run_dir, "wandb"), exist_ok=True)
-            self.wandb_run = wandb.init(project=cfg.logging.wandb.project, entity=cfg.logging.wandb.entity,
-                                        name=cfg.name, id=self.run_id, resume="allow", mode=mode, dir=run_dir,
-                                        tags=list(cfg.logging.wandb.tags),
-                                        config=OmegaConf.to_container(cfg, resolve=True))
+            os.makedirs(os.path.join(folder, "wandb"), exist_ok=True)
+            self.wandb_run = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=name,
+                                        id=self.run_id, resume="allow", mode=wandb_cfg.mode, dir=folder,
+                                        tags=list(wandb_cfg.get("tags") or []), config=config)
 
     def _forget_after(self, start_step: int) -> None:
         """Drop the records of steps that the run is about to do again (those logged after the checkpoint it resumes
@@ -74,12 +78,21 @@ class MetricsLogger:
         if self.wandb_run is not None:
             prefix = record.get("split", "train")
             self.wandb_run.log({f"{prefix}/{k}": v for k, v in clean.items() if k not in ("step", "split")
-                                and isinstance(v, (int, float))}, step=record["step"])
+                                and isinstance(v, (int, float))}, step=record["step"] if self.wandb_step else None)
 
     def close(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def progress_bar(total: int, description: str, enabled: bool, initial: int = 0):
+    """The progress bar of a training loop (pretraining or fine-tuning; ``logging.progress_bar``), or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True)
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -111,11 +124,8 @@ class TrainProgress:
         self.flops_per_token = objective.flops_per_token(length, cfg.train.global_batch_size * length)
         self.peak = cfg.logging.peak_tflops or (detect_peak_tflops(torch.cuda.get_device_name(run.device))
                                                 if run.on_gpu else None)
-        self.bar = None
-        if run.rank == 0 and cfg.logging.progress_bar:
-            from tqdm import tqdm  # noqa: PLC0415
-
-            self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, desc=cfg.name, dynamic_ncols=True)
+        self.bar = progress_bar(cfg.train.max_steps, cfg.name, run.rank == 0 and cfg.logging.progress_bar,
+                                start_step)
 
     def add(self, stats) -> None:
         self.totals += stats

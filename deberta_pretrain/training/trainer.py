@@ -198,8 +198,8 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
     cfg = run.cfg
     engine, start_step, saved_state = start_or_resume(run, checkpointer)
     objective = run.objective
-    log = metrics.MetricsLogger(run.run_dir, cfg, saved_state.get("wandb_id"), enabled=run.rank == 0,
-                                start_step=start_step)
+    log = metrics.MetricsLogger(run.run_dir, cfg.logging, cfg.name, OmegaConf.to_container(cfg, resolve=True),
+                                saved_state.get("wandb_id"), enabled=run.rank == 0, start_step=start_step)
     sampler = run.sampler(run.rank)
     batches = micro_batch_stream(run, sampler, start_step)
     eval_collator = objective.collator(cfg.seed + 1)
