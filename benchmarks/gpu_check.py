@@ -256,6 +256,7 @@ def pretrain(args, log: Log) -> dict:
     if prep["returncode"] != 0:
         result["status"] = "failed: data preparation"
         return result
+    shutil.copytree(data, f"{data}-copy", dirs_exist_ok=True)  # the mixture's second source
     deepspeed = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port",
                  str(args.master_port), "launch/pretrain.py"]
     total = 6 if args.dry_run else 60
@@ -265,10 +266,10 @@ def pretrain(args, log: Log) -> dict:
                                                     "train.max_steps": total + total // 3}), total),
              ("fp16", dict(name="fp16", precision="fp16", **{"impl.attention_backend": "auto",
                                                              "train.max_steps": 4 if args.dry_run else 30}), None),
-             # a mixture of two sources (the prepared data twice, 0.7 / 0.3): per-source metrics and records
+             # a mixture of two sources (the prepared data and a copy, 0.7 / 0.3): per-source metrics and records
              ("mixture", dict(name="mixture", **{"data.path": "null", "impl.attention_backend": "auto",
                                                  "data.sources": f"{{a: {{path: {data}, weight: 0.7}}, "
-                                                                 f"b: {{path: {data}, weight: 0.3}}}}"}), None)]
+                                                                 f"b: {{path: {data}-copy, weight: 0.3}}}}"}), None)]
     env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1" if args.dry_run else os.environ.get("OMP_NUM_THREADS",
                                                                                                "8")}
     for label, overrides, resume_from in plans:

@@ -14,8 +14,11 @@ import json
 import logging
 import os
 
-S3_OPTIONS = {  # fail fast and let callers retry with their own backoff, so that a lost endpoint costs seconds
+S3_OPTIONS = {
+    # fail fast and let callers retry with their own backoff, so that a lost endpoint costs seconds
     "config_kwargs": {"connect_timeout": 10, "read_timeout": 120, "retries": {"max_attempts": 2, "mode": "standard"}},
+    # no cached listings: the mirror decides what is complete (and what to delete) from what is there now
+    "use_listings_cache": False,
 }
 
 

@@ -36,6 +36,11 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:  # Ctrl-C before the first step (once training runs, the trainer handles it)
         print("interrupted during start-up; no checkpoint was written by this start", file=sys.stderr)
         sys.exit(130)
+    finally:  # close the process group before the interpreter exits: its threads must not outlive it
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
