@@ -205,7 +205,7 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
     output = os.path.abspath(os.fspath(cfg["output"]))
     source = dict(cfg["source"])
     documents = iter_documents(source)  # checks the source (paths, type) before anything is written
-    tokenizer = load_tokenizer(cfg.get("vocab"), cfg.get("tokenizer"), engine=cfg.get("engine", "auto"))
+    tokenizer = load_tokenizer(cfg.get("vocab"), cfg.get("tokenizer"), engine=cfg["engine"])
     settings = {"format": FORMAT, "source": source, "vocab": vocab_identity(tokenizer),
                 "max_seq_length": int(cfg["max_seq_length"]), "packing": cfg["packing"],
                 "validation_fraction": float(cfg["validation_fraction"]), "segment_mb": float(cfg["segment_mb"])}
@@ -254,7 +254,7 @@ def _prepare_into(output: str, cfg: dict, settings: dict, documents, tokenizer, 
     """Tokenize and pack ``documents`` into ``output`` (segments already there and unchanged are kept); the
     manifest is written last."""
     _start_output(output, settings)
-    vocab_file, engine = identity_file(settings["vocab"]), cfg.get("engine", "auto")
+    vocab_file, engine = identity_file(settings["vocab"]), cfg["engine"]
     tokenizer.save_pretrained(os.path.join(output, vocab_file))
     _TOKENIZERS[(os.path.join(output, vocab_file), engine)] = tokenizer  # inherited by workers
     dtype = storage_dtype(tokenizer.vocab_size)

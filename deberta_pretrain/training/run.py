@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 from .. import config as schema
 from .. import remote
 from ..data.corpus import Corpus
-from ..data.sampler import StepSampler
 from ..deberta import ModelConfig
 from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import describe_folder, write_json_atomic
@@ -202,7 +201,8 @@ class Run:
                                  if cfg.train.init_optimizer else None)
         self.engine_spec = EngineSpec.for_pretraining(cfg, self.objective.param_rates())
         deepspeed_config(self.engine_spec, self.world, self.on_gpu)  # batch arithmetic and precision checks
-        self.sampler(rank=self.rank)
+        self.sampler = corpus.sampler(cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, self.world,
+                                      self.rank)  # this rank's samples of every step
         self.warnings = settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs())
         if self.rank == 0:
             for warning in self.warnings:
@@ -222,11 +222,6 @@ class Run:
         generator = (None, ModelConfig.from_json_file(generator)) if cfg.objective == "rtd" and os.path.isfile(
             generator) else None
         return build_objective(cfg, ModelConfig.from_json_file(recorded), self.tokenizer, length, None, generator)
-
-    def sampler(self, rank: int) -> StepSampler:
-        cfg = self.cfg
-        return self.corpus.sampler(cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, self.world,
-                                   rank)
 
     def prepare_run_dir(self) -> None:
         if self.rank == 0:

@@ -200,7 +200,7 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
     objective = run.objective
     log = metrics.MetricsLogger(run.run_dir, cfg.logging, cfg.name, OmegaConf.to_container(cfg, resolve=True),
                                 saved_state.get("wandb_id"), enabled=run.rank == 0, start_step=start_step)
-    sampler = run.sampler(run.rank)
+    sampler = run.sampler
     batches = micro_batch_stream(run, sampler, start_step)
     eval_collator = objective.collator(cfg.seed + 1)
     progress = metrics.TrainProgress(run, objective, engine, log, start_step, sampler)
