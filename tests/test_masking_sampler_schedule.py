@@ -278,3 +278,16 @@ def test_sampler_needs_no_memory_per_sample():
     batch = sampler.micro_batch(123456789, 0)
     assert len(batch) == 4 and all(epoch == 0 and 0 <= index < 10**12 for _, epoch, index in batch)
     assert len({index for _, _, index in batch}) == 4
+
+
+@pytest.mark.parametrize("n,batch,world", [(10, 3, 2), (1, 4, 3), (7, 2, 1), (16, 4, 2)])
+def test_evaluation_batches_cover_every_example_once_with_equal_passes_per_rank(n, batch, world):
+    """Pretraining's validation and fine-tuning's predictions share these batches (ZeRO-3 needs every rank to run
+    the same number of forward passes)."""
+    from deberta_pretrain.training.distributed import padded_batches
+
+    per_rank = [list(padded_batches(n, batch, rank, world)) for rank in range(world)]
+    assert len({len(passes) for passes in per_rank}) == 1 and len(per_rank[0]) == math.ceil(n / (batch * world))
+    real = sorted(i for passes in per_rank for indices, is_real in passes if is_real for i in indices)
+    assert real == list(range(n))
+    assert all(indices == [0] for passes in per_rank for indices, is_real in passes if not is_real)

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from ..deberta import ModelConfig, SequenceClassificationModel
 from ..training import optim
+from ..training.distributed import padded_batches
 from ..training.metrics import progress_bar
 from ..training.engine import EngineSpec, deepspeed_config
 from ..training.engine import build_engine as shared_build_engine
@@ -92,23 +93,19 @@ def build_engine(cfg, model, total_steps: int, batch_size: int, world: int, on_g
 
 def predict(engine, data: dict, micro: int, use_segments: bool, regression: bool, rank: int, world: int,
             device) -> list:
-    """Predictions for every example of ``data``, in order, gathered from all ranks (each predicts a contiguous
-    shard; every rank runs the same number of forward passes, as ZeRO-3 requires)."""
-    n = len(data["input_ids"])
-    share = math.ceil(n / world)
-    mine = list(range(rank * share, min((rank + 1) * share, n)))
+    """Predictions for every example of ``data``, in order, gathered from all ranks (the batches of
+    ``padded_batches``, as pretraining's evaluation: every rank runs the same number of forward passes)."""
     out = []
     engine.eval()
     with torch.no_grad():
-        for start in range(0, share, micro):
-            indices = mine[start:start + micro]
-            logits = engine(**collate(data, indices or [0], use_segments, regression, device))["logits"].float()
-            if indices:
-                out += (logits.view(-1) if regression else logits.argmax(-1)).tolist()
+        for indices, real in padded_batches(len(data["input_ids"]), micro, rank, world):
+            logits = engine(**collate(data, indices, use_segments, regression, device))["logits"].float()
+            if real:
+                out += zip(indices, (logits.view(-1) if regression else logits.argmax(-1)).tolist())
     engine.train()
     gathered = [None] * world
     dist.all_gather_object(gathered, out)
-    return [p for part in gathered for p in part]
+    return [prediction for _, prediction in sorted(pair for part in gathered for pair in part)]
 
 
 def evaluate(engine, task, data: TaskData, micro, use_segments, rank, world, device) -> tuple[dict, dict]:

@@ -77,3 +77,14 @@ def init_distributed() -> tuple[int, int, int]:
 def prepare_argv() -> None:
     """Call in an entry point before Hydra parses ``sys.argv``."""
     sys.argv = strip_local_rank(sys.argv)
+
+
+def padded_batches(n: int, batch_size: int, rank: int, world_size: int):
+    """(indices, real) of this rank's forward passes over ``n`` examples for evaluation: batch ``j`` of rank ``r``
+    holds examples ``[(j * world + r) * batch_size, ...)``, and every rank makes the same number of passes (ZeRO-3
+    gathers parameters collectively), a rank with no examples left reading example 0 with ``real`` False (its
+    result is to be ignored)."""
+    for j in range(-(-n // (batch_size * world_size))):
+        start = (j * world_size + rank) * batch_size
+        indices = list(range(start, min(start + batch_size, n)))
+        yield (indices or [0]), bool(indices)

@@ -4,7 +4,6 @@ objective (``deberta_pretrain.objectives``); what was checked and built before t
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
@@ -15,6 +14,7 @@ from ..data.corpus import Corpus, Source
 from ..data.sampler import StepSampler
 from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer
+from .distributed import padded_batches
 from .phases import engine_with_moments
 from .resume_settings import check_changes, record_changes
 from .mirror import RunMirror
@@ -52,12 +52,10 @@ def validation_totals(run: Run, collator, source: Source) -> torch.Tensor | None
         return None
     batch_size = run.cfg.train.micro_batch_size
     totals = torch.zeros(len(objective.stat_names), dtype=torch.float64, device=run.device)
-    for j in range(math.ceil(n / (batch_size * run.world))):
-        start = (j * run.world + run.rank) * batch_size
-        indices = list(range(start, min(start + batch_size, n)))
-        items = [run.corpus.validation_item(source, i) for i in indices or [0]]  # a rank with none reads one
+    for indices, real in padded_batches(n, batch_size, run.rank, run.world):
+        items = [run.corpus.validation_item(source, i) for i in indices]
         _, stats = objective.forward(engine, to_device(collator(items), run.device))
-        totals += stats if indices else 0.0 * stats
+        totals += stats if real else 0.0 * stats
     dist.all_reduce(totals)
     return totals
 
