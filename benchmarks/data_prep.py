@@ -10,19 +10,16 @@ of random reads from the memory-mapped shards, against a plain in-memory numpy a
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_time, machine  # noqa: E402
+from common import best_time, machine
 
-from deberta_pretrain.data import ShardedDataset  # noqa: E402
-from deberta_pretrain.data.prepare import prepare  # noqa: E402
-from deberta_pretrain.data.sources import python_help_topics  # noqa: E402
-from deberta_pretrain.data.vocab_training import train_spm  # noqa: E402
+from deberta_pretrain.data import ShardedDataset
+from deberta_pretrain.data.prepare import prepare
+from deberta_pretrain.data.sources import python_help_topics
+from deberta_pretrain.data.vocab_training import train_spm
 
 
 def main() -> None:
@@ -30,7 +27,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="copies of the python-help text in the corpus")
     parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-seq-length", type=int, default=512)
-    parser.add_argument("--spm-pieces", type=int, default=4000, help="size of the SentencePiece vocabulary (python-help supports up to ~4600)")
+    parser.add_argument("--spm-pieces", type=int, default=4000,
+                        help="size of the SentencePiece vocabulary (python-help supports up to ~4600)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.txt")

@@ -35,8 +35,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine  # noqa: E402
+from common import machine
 
 LIBRARIES = ("torch", "triton", "transformers", "deepspeed", "hydra-core", "omegaconf", "numpy", "tiktoken")
 # Targets of the GPU work (benchmark goals, reported, not asserted): deberta-v3-base, bf16, L=512.
@@ -344,7 +343,8 @@ def summary(results: dict, args) -> str:
     if report:
         lines += ["", f"## Training throughput ({report['settings']['model']}, {report['settings']['dtype']}, "
                   f"{report['settings']['tokens_per_step']} tokens per step)", "",
-                  "| L | batch | contender | tokens/s | MFU | peak GiB | KiB/token | vs HF |", "|---|---|---|---|---|---|---|---|"]
+                  "| L | batch | contender | tokens/s | MFU | peak GiB | KiB/token | vs HF |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in report["rows"]:
             for r in row["results"]:
                 if "error" in r:
@@ -355,7 +355,8 @@ def summary(results: dict, args) -> str:
                                      and r["model"] == "ours-flash" else "")
                 lines.append(f"| {row['length']} | {row['batch']} | {name} | {fmt(r['tokens_per_s'])} | "
                              f"{fmt(r.get('mfu'), '.1%')} | {fmt(r.get('peak_memory_gib'), '.2f')} | "
-                             f"{fmt(r.get('peak_memory_per_token_kib'), '.1f')} | {fmt(r.get('speedup_vs_hf'), '.2f')} |")
+                             f"{fmt(r.get('peak_memory_per_token_kib'), '.1f')} | "
+                             f"{fmt(r.get('speedup_vs_hf'), '.2f')} |")
         goal = results["throughput"]["targets"]
         lines += ["", f"Targets (L=512): speed-up over HF {fmt(goal.get('speedup_vs_hf_at_512'), '.2f')}x "
                   f"(goal {TARGET_SPEEDUP_VS_HF}x), MFU {fmt(goal.get('mfu_at_512'), '.1%')} (goal {TARGET_MFU:.0%}) "
@@ -365,7 +366,8 @@ def summary(results: dict, args) -> str:
     runs = results["pretrain"].get("runs", {})
     if runs:
         lines += ["", "## Runs through the launcher", "",
-                  "| run | status | first loss | last loss | tokens/s | MFU | skipped (fp16) |", "|---|---|---|---|---|---|---|"]
+                  "| run | status | first loss | last loss | tokens/s | MFU | skipped (fp16) |",
+                  "|---|---|---|---|---|---|---|"]
         for label, info in runs.items():
             m = info.get("metrics", {})
             lines.append(f"| {label} | {info['status']} | {fmt(m.get('first_loss'), '.3f')} | "

@@ -30,15 +30,13 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine  # noqa: E402
+from common import machine
 
-from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig, set_attention_backend  # noqa: E402
-from deberta_pretrain.export import hf_config_dict  # noqa: E402
-from deberta_pretrain.deberta import flops as model_flops  # noqa: E402
-from deberta_pretrain.training import metrics  # noqa: E402
+from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig, set_attention_backend
+from deberta_pretrain.deberta import flops as model_flops
+from deberta_pretrain.export import hf_config_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 IGNORE = -100
 
@@ -171,14 +169,16 @@ def hf_forward(model, batch):
     return model(input_ids=batch["input_ids"], attention_mask=batch["mask"], labels=batch["labels"]).loss
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, with the device-dependent defaults filled in."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default=None, help="a conf/model name (default: deberta-v3-base; tiny on CPU)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--tokens-per-step", type=int, default=None, help="batch = tokens-per-step / length")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--backends", nargs="+", default=None, help="default: flash sdpa eager on GPU, sdpa eager on CPU")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        help="default: flash sdpa eager on GPU, sdpa eager on CPU")
     parser.add_argument("--hf-max-length", type=int, default=2048, help="longest L at which HF is run")
     parser.add_argument("--eager-max-length", type=int, default=2048,
                         help="longest L at which our eager backend (which materialises the L x L scores) is run")
@@ -188,67 +188,79 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file (default on GPU: benchmarks/results/<date>-<gpu>)")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    on_gpu = device.type == "cuda"
-    name = args.model or ("deberta-v3-base" if on_gpu else "tiny")
-    lengths = args.lengths or ([128, 512, 2048, 8192] if on_gpu else [128])
-    tokens_per_step = args.tokens_per_step or (16384 if on_gpu else 1024)
+    on_gpu = torch.device(args.device).type == "cuda"
+    args.model = args.model or ("deberta-v3-base" if on_gpu else "tiny")
+    args.lengths = args.lengths or ([128, 512, 2048, 8192] if on_gpu else [128])
+    args.tokens_per_step = args.tokens_per_step or (16384 if on_gpu else 1024)
     args.steps = args.steps or (10 if on_gpu else 5)
     args.backends = args.backends or (["flash", "sdpa", "eager"] if on_gpu else ["sdpa", "eager"])
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if on_gpu else "fp32")]
-    peak = metrics.detect_peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None
-    config = model_config(name)
+    args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
+    return args
 
+
+def measure_rtd(config, batch, length, args, device, dtype, peak) -> dict:
+    """One objective=rtd step with the first backend."""
+    from deberta_pretrain.data.masking import default_max_predictions  # noqa: PLC0415
+
+    backend, batch_size = args.backends[0], batch["input_ids"].size(0)
+    torch.manual_seed(0)
+    rtd = rtd_contender(config, device)
+    set_attention_backend(rtd, backend)
+    slots = max(default_max_predictions(length), int((batch["labels"] > 0).sum(1).max()))
+    rtd_batch = dict(batch, sample_uniforms=torch.rand(batch_size, slots, device=device))
+    rtd_flops = model_flops.rtd_flops_per_token(rtd.generator.config, config, length, 0.15, True, batch_size * length)
+    return measure(f"ours-rtd-{backend}", rtd, rtd_forward, rtd_batch, args, device, dtype, rtd_flops, peak)
+
+
+def measure_length(config, length: int, args, device, dtype, peak) -> dict:
+    """Every contender at one sequence length, from the same weights and batch; ratios against HF."""
+    batch_size = max(1, args.tokens_per_step // length)
+    batch = make_batch(config, batch_size, length, device)
+    torch.manual_seed(0)
+    ours = MaskedLanguageModel(config, use_emd=args.emd).to(device).train()
+    state = {k: v.detach().cpu().clone() for k, v in ours.state_dict().items()}
+    flops = model_flops.flops_per_token(config, length, 0.15, args.emd, batch_size * length)
+    results = {}
+    for backend in args.backends:
+        if backend == "eager" and length > args.eager_max_length:
+            continue
+        set_attention_backend(ours, backend)
+        with counting_fused_kernel_calls() as calls:
+            row = measure(f"ours-{backend}", ours, ours_forward, batch, args, device, dtype, flops, peak)
+        row["fused_kernel_used"] = calls[0] > 0
+        results[f"ours-{backend}"] = row
+        ours.load_state_dict(state)  # every contender starts from the same weights
+    del ours
+    if args.rtd:
+        results[f"ours-rtd-{args.backends[0]}"] = measure_rtd(config, batch, length, args, device, dtype, peak)
+    if length <= args.hf_max_length:
+        hf = hf_model(config, state).to(device).train()
+        results["hf"] = measure("hf", hf, hf_forward, batch, args, device, dtype, flops, peak)
+        del hf
+    hf_tps = results.get("hf", {}).get("tokens_per_s")
+    for key, row in results.items():
+        if key != "hf" and "-rtd-" not in key and hf_tps and "tokens_per_s" in row:
+            row["speedup_vs_hf"] = round(row["tokens_per_s"] / hf_tps, 3)
+    return {"length": length, "batch": batch_size, "model_tflop_per_token": flops / 1e12,
+            "results": list(results.values())}
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    peak = model_flops.detect_peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None
+    config = model_config(args.model)
     rows = []
-    for length in lengths:
+    for length in args.lengths:
         if length > config.max_position_embeddings and config.position_biased_input:
             continue
-        batch_size = max(1, tokens_per_step // length)
-        batch = make_batch(config, batch_size, length, device)
-        torch.manual_seed(0)
-        ours = MaskedLanguageModel(config, use_emd=args.emd).to(device).train()
-        state = {k: v.detach().cpu().clone() for k, v in ours.state_dict().items()}
-        flops = model_flops.flops_per_token(config, length, 0.15, args.emd, batch_size * length)
-        results = {}
-        for backend in args.backends:
-            if backend == "eager" and length > args.eager_max_length:
-                continue
-            set_attention_backend(ours, backend)
-            with counting_fused_kernel_calls() as calls:
-                row = measure(f"ours-{backend}", ours, ours_forward, batch, args, device, dtype, flops, peak)
-            row["fused_kernel_used"] = calls[0] > 0
-            results[f"ours-{backend}"] = row
-            ours.load_state_dict(state)  # every contender starts from the same weights
-        del ours
-        if args.rtd:
-            from deberta_pretrain.data.masking import default_max_predictions  # noqa: PLC0415
-
-            backend = args.backends[0]
-            torch.manual_seed(0)
-            rtd = rtd_contender(config, device)
-            set_attention_backend(rtd, backend)
-            slots = max(default_max_predictions(length), int((batch["labels"] > 0).sum(1).max()))
-            rtd_batch = dict(batch, sample_uniforms=torch.rand(batch_size, slots, device=device))
-            rtd_flops = model_flops.rtd_flops_per_token(rtd.generator.config, config, length, 0.15, True,
-                                                        batch_size * length)
-            results[f"ours-rtd-{backend}"] = measure(f"ours-rtd-{backend}", rtd, rtd_forward, rtd_batch, args,
-                                                     device, dtype, rtd_flops, peak)
-            del rtd
-        if length <= args.hf_max_length:
-            hf = hf_model(config, state).to(device).train()
-            results["hf"] = measure("hf", hf, hf_forward, batch, args, device, dtype, flops, peak)
-            del hf
-        hf_tps = results.get("hf", {}).get("tokens_per_s")
-        for key, row in results.items():
-            if key != "hf" and "-rtd-" not in key and hf_tps and "tokens_per_s" in row:
-                row["speedup_vs_hf"] = round(row["tokens_per_s"] / hf_tps, 3)
-        rows.append({"length": length, "batch": batch_size, "model_tflop_per_token": flops / 1e12,
-                     "results": list(results.values())})
+        rows.append(measure_length(config, length, args, device, dtype, peak))
         print(json.dumps(rows[-1]), file=sys.stderr)
-
     report = {"benchmark": "throughput", "date": datetime.date.today().isoformat(), "machine": machine(),
-              "settings": {"model": name, "dtype": str(dtype).replace("torch.", ""), "device": str(device),
-                           "tokens_per_step": tokens_per_step, "steps": args.steps, "warmup": args.warmup,
+              "settings": {"model": args.model, "dtype": str(dtype).replace("torch.", ""), "device": str(device),
+                           "tokens_per_step": args.tokens_per_step, "steps": args.steps, "warmup": args.warmup,
                            "emd": args.emd, "peak_tflops": peak, "optimizer": "torch AdamW"},
               "rows": rows}
     text = json.dumps(report, indent=2)

@@ -11,17 +11,13 @@ whether all ids agree.
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_time, machine, python_help_documents  # noqa: E402
+from common import best_time, machine, python_help_documents
 
-from deberta_pretrain.data.vocab_training import train_spm  # noqa: E402
-from deberta_pretrain.deberta import GPT2Tokenizer, SPMTokenizer  # noqa: E402
-from deberta_pretrain.deberta.bpe import GPT2_PATTERN, ReferenceBPE, bytes_to_unicode  # noqa: E402
+from deberta_pretrain.data.vocab_training import train_spm
+from deberta_pretrain.deberta import GPT2Tokenizer, SPMTokenizer
+from deberta_pretrain.deberta.bpe import GPT2_PATTERN, ReferenceBPE, bytes_to_unicode
 
 
 def official_tiktoken_gpt2(tokenizer: GPT2Tokenizer):
@@ -39,7 +35,8 @@ def official_tiktoken_gpt2(tokenizer: GPT2Tokenizer):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=2, help="copies of the python-help text")
-    parser.add_argument("--spm-pieces", type=int, default=4000, help="size of the SentencePiece vocabulary (python-help supports up to ~4600)")
+    parser.add_argument("--spm-pieces", type=int, default=4000,
+                        help="size of the SentencePiece vocabulary (python-help supports up to ~4600)")
     args = parser.parse_args()
     docs = python_help_documents(args.repeat)
     fast, reference = GPT2Tokenizer(engine="tiktoken"), GPT2Tokenizer(engine="reference")

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .choices import ATTENTION_BACKENDS, EMBEDDING_SHARING
 from .config_keys import check_keys
 from .data.corpus import configured_sources
 
@@ -22,8 +23,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
 SCHEDULES = ("linear", "cosine", "constant")
 WANDB_MODES = ("offline", "online", "disabled")
-# The model's choices (deberta_pretrain.deberta.attention), repeated so that this module does not import torch.
-ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
 
 
 @dataclass
@@ -149,7 +148,6 @@ class LoggingSchema:
 
 RTD_KEYS = {"lambda": (int, float), "temperature": (int, float), "embedding_sharing": str,
             "discriminator_lr": (int, float, type(None)), "init_generator": (str, type(None)), "generator": dict}
-EMBEDDING_SHARING = ("gdes", "es", "none")  # deberta.rtd's, repeated so that this module does not import torch
 
 
 @dataclass

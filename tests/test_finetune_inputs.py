@@ -286,6 +286,9 @@ def test_the_shipped_task_and_suite_configs_pass_the_checks(tmp_path):
     for suite in ("glue", "glue-small"):
         check_finetune_keys(compose("checkpoint=x", f"suite={suite}"))
         validate_finetune(compose("checkpoint=x", f"suite={suite}"))
+    # a suite's own train.* values win over finetune.yaml's defaults, and the command line over both
+    assert compose("checkpoint=x", "suite=glue-small").train.max_train_samples == 2000
+    assert compose("checkpoint=x", "suite=glue-small", "train.max_eval_samples=7").train.max_eval_samples == 7
     for name in sorted(p.stem for p in Path(ROOT, "conf", "task").glob("*.yaml")):
         cfg = (compose("checkpoint=x", f"task={name}", "task.train=t.csv", "task.validation=d.csv")
                if name == "custom" else compose("checkpoint=x", f"task={name}"))

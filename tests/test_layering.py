@@ -8,7 +8,7 @@ import deberta_pretrain
 
 PACKAGE = os.path.dirname(deberta_pretrain.__file__)
 # unit -> layer: a unit imports only units of a lower layer (and itself)
-LAYERS = {"__init__": 0, "fileio": 0, "config_keys": 0, "remote": 0,
+LAYERS = {"__init__": 0, "fileio": 0, "config_keys": 0, "remote": 0, "choices": 0,
           "deberta": 1,  # the model, tokenizers, release files
           "data": 2,  # prepared data: prep, shards, mixtures, sampler, masking
           "objectives": 3, "config": 3,  # what is trained; the config schema

@@ -5,13 +5,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_pretrain
+from conftest import compose_pretrain, small_config
 from deberta_pretrain.data.masking import IGNORE_INDEX, MLMCollator, default_max_predictions
 from deberta_pretrain.data.sampler import StepSampler
 from deberta_pretrain.deberta import ModelConfig
-from deberta_pretrain.training import metrics, optim
+from deberta_pretrain.training import optim
 
 VOCAB, MASK, PAD, CLS, SEP, UNK = 1000, 999, 0, 1, 2, 3
 SPECIAL = [PAD, CLS, SEP, UNK, MASK]
@@ -217,8 +218,8 @@ def test_flops_per_token_reproduces_the_published_accounting():
     assert flops.flops_per_token(v3, 512, 0.15, False, huge) / 1e6 == pytest.approx(712, rel=0.01)
     assert flops.flops_per_token(v1, 512, 0.15, False, huge) / 1e6 == pytest.approx(715, rel=0.01)
     assert flops.flops_per_token(v3, 128, 0.15, False, huge) / 1e6 == pytest.approx(641, rel=0.01)
-    assert metrics.detect_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert metrics.detect_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert flops.detect_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert flops.detect_peak_tflops("NVIDIA H100 PCIe") == 756.0
 
 
 def test_model_schema_is_the_release_schema_with_its_defaults():
@@ -250,14 +251,32 @@ def test_every_key_gets_its_value_from_the_yaml_files():
         validate(cfg)
 
 
-def test_schema_attention_backends_are_the_model_ones():
-    """The schema repeats two of the model's choices (it does not import torch): they must stay equal."""
-    from deberta_pretrain import config
-    from deberta_pretrain.deberta import ATTENTION_BACKENDS
-    from deberta_pretrain.deberta.rtd import EMBEDDING_SHARING
+def test_every_choice_the_schema_accepts_the_model_runs_and_others_are_refused_by_both():
+    """The attention backends and embedding-sharing modes of the config schema: each runs in the model (a backend
+    gives eager's logits), and a name outside them is refused by the schema check and by the model alike."""
+    from deberta_pretrain.choices import ATTENTION_BACKENDS, EMBEDDING_SHARING
+    from deberta_pretrain.config import validate
+    from deberta_pretrain.deberta import MaskedLanguageModel, set_attention_backend
+    from deberta_pretrain.deberta.rtd import ReplacedTokenDetectionModel, RTDModel
 
-    assert config.ATTENTION_BACKENDS == ATTENTION_BACKENDS
-    assert config.EMBEDDING_SHARING == EMBEDDING_SHARING
+    config = ModelConfig.from_dict(small_config("v3"))
+    torch.manual_seed(0)
+    model = MaskedLanguageModel(config).eval()
+    ids = torch.randint(3, config.vocab_size, (2, 16))
+    with torch.no_grad():
+        logits = {b: set_attention_backend(model, b)(ids, torch.ones_like(ids))["logits"] for b in ATTENTION_BACKENDS}
+    for backend in ATTENTION_BACKENDS:
+        torch.testing.assert_close(logits[backend], logits["eager"], atol=1e-5, rtol=1e-4)
+    for mode in EMBEDDING_SHARING:
+        RTDModel(MaskedLanguageModel(config), ReplacedTokenDetectionModel(config), mode)
+    with pytest.raises(ValueError, match="'tiled'"):
+        set_attention_backend(model, "tiled")
+    with pytest.raises(ValueError, match="'shared'"):
+        RTDModel(MaskedLanguageModel(config), ReplacedTokenDetectionModel(config), "shared")
+    with pytest.raises(ValueError, match="impl.attention_backend.*'tiled'"):
+        validate(compose_pretrain("name=x", "data.path=d", "impl.attention_backend=tiled"))
+    with pytest.raises(ValueError, match="rtd.embedding_sharing.*'shared'"):
+        validate(compose_pretrain("name=x", "data.path=d", "objective=rtd", "rtd.embedding_sharing=shared"))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 97, 1000, 4096, 65537])

@@ -63,6 +63,17 @@ class FeistelPermutation:
         return out.astype(np.int64)
 
 
+def accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int,
+                       global_key: str = "train.global_batch_size") -> int:
+    """Micro-batches each process runs per optimizer step (global = micro x world size x accumulation): the one
+    place of this arithmetic, for the sampler and the engine. ``ValueError`` naming the keys where it does not
+    divide; ``global_key`` names the setting that gave the global batch."""
+    if micro_batch_size < 1 or global_batch_size % (micro_batch_size * world_size):
+        raise ValueError(f"{global_key} ({global_batch_size}) must be a multiple of train.micro_batch_size "
+                         f"x world size ({micro_batch_size} x {world_size})")
+    return global_batch_size // (micro_batch_size * world_size)
+
+
 class StepSampler:
     """This rank's samples of every step, for one source or a mixture (see the module docstring).
 
@@ -77,13 +88,9 @@ class StepSampler:
         self.sizes = [int(sizes)] if np.isscalar(sizes) else [int(n) for n in sizes]
         if min(self.sizes) < 1:
             raise ValueError("the dataset has no samples")
-        per_pass = micro_batch_size * world_size
-        if micro_batch_size < 1 or global_batch_size % per_pass:
-            raise ValueError(f"train.global_batch_size ({global_batch_size}) must be a multiple of "
-                             f"train.micro_batch_size ({micro_batch_size}) x world size ({world_size})")
+        self.accumulation = accumulation_steps(global_batch_size, micro_batch_size, world_size)
         self.seed = seed
         self.global_batch, self.micro, self.world, self.rank = global_batch_size, micro_batch_size, world_size, rank
-        self.accumulation = global_batch_size // per_pass
         self.interleave = Interleave(list(shares) if shares is not None else [1.0] * len(self.sizes))
         self.stream_keys = [tuple(k) for k in stream_keys] if stream_keys is not None else [()] * len(self.sizes)
         self._permutations: dict[tuple[int, int], FeistelPermutation] = {}

@@ -36,11 +36,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..choices import ATTENTION_BACKENDS
 from .masks import padding_key_mask
 from .ops import StableDropout, XSoftmax
 from .relative_position import build_relative_position, relative_position_columns
-
-ATTENTION_BACKENDS = ("eager", "sdpa", "flash", "auto")
 
 
 class DisentangledSelfAttention(nn.Module):

@@ -1,11 +1,26 @@
 """Model FLOPs of DeBERTa training per token (PaLM-style: 6 x weights + attention scores), for MFU: what our
-implementation computes (the sparse MLM head over the masked fraction, EMD queries only at masked positions)."""
+implementation computes (the sparse MLM head over the masked fraction, EMD queries only at masked positions); and
+the GPUs' peak that MFU divides by."""
 
 from __future__ import annotations
 
 import torch
 
 from .relative_position import make_log_bucket_position
+
+# Dense bf16/fp16 tensor-core peak per device in TFLOP/s (vendor specifications), matched against the device name.
+PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
+               ("V100", 125.0))
+
+
+def detect_peak_tflops(device_name: str | None) -> float | None:
+    """The peak of the first ``PEAK_TFLOPS`` entry found in ``device_name``; None for an unknown device."""
+    if not device_name:
+        return None
+    for key, value in PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
 
 
 def relative_slots(config, length: int) -> int:

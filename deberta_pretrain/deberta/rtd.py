@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..choices import EMBEDDING_SHARING
 from .deberta import DeBERTa
 from .mlm import MaskedLanguageModel
 from .nnmodule import NNModule
 from .ops import ACT2FN
 
-EMBEDDING_SHARING = ("gdes", "es", "none")
 SHARED_TABLES = ("word_embeddings", "position_embeddings")
 
 

@@ -82,8 +82,6 @@ class TaskSchema:
     selection: Optional[str] = None
     eval_splits: list = MISSING
     recipe: RecipeSchema = field(default_factory=RecipeSchema)
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
 
 
 @dataclass
@@ -159,7 +157,7 @@ def validate_finetune(cfg) -> None:
 
 def validate_finetune_task(task) -> None:
     """One task's config (``conf/task/<name>.yaml``, a suite's overrides applied): name, source, fields, problem,
-    number of labels, metrics and selection, recipe, sample limits; ``ValueError`` names the task and key."""
+    number of labels, metrics and selection, recipe; ``ValueError`` names the task and key."""
     from .data import BUILT_IN, configured_problem  # noqa: PLC0415
     from .metrics import PROBLEM_METRICS, check_metrics  # noqa: PLC0415
 
@@ -195,6 +193,11 @@ def validate_finetune_task(task) -> None:
     if task.metrics is not None and not OmegaConf.is_list(task.metrics):
         fail("metrics", f"a list, e.g. [accuracy], got {task.metrics!r}")
     check_metrics(task, configured_problem(task))
+    _check_recipe(task)
+
+
+def _check_recipe(task) -> None:
+    """``task.recipe``: each value a number in its range, or (lr, batch_size, epochs, warmup_steps) a grid."""
     recipe = task.recipe
     for key, low, integer, strict in (("lr", 0, False, True), ("batch_size", 1, True, False),
                                       ("epochs", 0, False, True), ("warmup_steps", 0, True, False),
@@ -202,15 +205,14 @@ def validate_finetune_task(task) -> None:
         values = recipe[key]
         if OmegaConf.is_list(values) and key != "max_length":  # a grid (finetune/grid.py)
             if not values or len(set(values)) < len(values):
-                fail(f"recipe.{key}", f"a value, or a list of distinct values (a grid), got {list(values)}")
+                raise ValueError(f"task {task.name}: task.recipe.{key}: a value, or a list of distinct values (a "
+                                 f"grid), got {list(values)}")
         else:
             values = [values]
         for value in values:
             _finetune_number(f"task {task.name}: task.recipe.{key}", value, low, integer=integer, strict=strict,
                              optional=key == "warmup_steps")  # null: a share of the run's steps
     _finetune_number(f"task {task.name}: task.recipe.cls_dropout", recipe.cls_dropout, 0, below=1)
-    for key in ("max_train_samples", "max_eval_samples"):
-        _finetune_number(f"task {task.name}: task.{key}", task.get(key), 1, integer=True, optional=True)
 
 
 def _finetune_number(key: str, value, low, integer: bool = False, strict: bool = False, below=None,

@@ -181,15 +181,7 @@ def run_finetune(cfg) -> dict:
     claim_output(out, (MARKER, "results.json", *(f"{task.name}.json" for task in tasks)), "fine-tuning results folder",
                  overwrite=True, nested_ok=not cfg.output)
     seeds = [int(seed) for seed in cfg.seeds]
-    settings = {task.name: task_settings(cfg, task, pretrained) for task in tasks}
-    records = {task.name: earlier_record(task, out, settings[task.name]) for task in tasks}
-    todo = {task.name: missing_runs(task, seeds, records[task.name]) for task in tasks}
-    pending = [task for task in tasks if todo[task.name]]
-    # Every task's data is checked before anything is written or trained: the first task's is kept, the others' are
-    # read again in their turn (a whole suite's would not fit in memory at once).
-    prepared = {pending[0].name: TaskData(cfg, pending[0], pretrained.tokenizer)} if pending else {}
-    for task in pending[1:]:
-        load_task(task)
+    settings, records, todo, prepared = plan_runs(cfg, tasks, seeds, pretrained, out)
     dist.barrier()  # every rank checked the folder before rank 0 writes to it
     if rank == 0:
         os.makedirs(out, exist_ok=True)
@@ -222,6 +214,21 @@ def run_finetune(cfg) -> dict:
         write_results(results, out, log)
     results["output"] = out
     return results
+
+
+def plan_runs(cfg, tasks, seeds: list, pretrained, out: str) -> tuple[dict, dict, dict, dict]:
+    """Per task: its settings, the record of earlier runs in ``out`` (refused where their settings differ), the
+    runs still to train; and the first pending task's data. Every task's data is checked before anything is
+    written or trained: the first task's is kept, the others' are read again in their turn (a whole suite's would
+    not fit in memory at once)."""
+    settings = {task.name: task_settings(cfg, task, pretrained) for task in tasks}
+    records = {task.name: earlier_record(task, out, settings[task.name]) for task in tasks}
+    todo = {task.name: missing_runs(task, seeds, records[task.name]) for task in tasks}
+    pending = [task for task in tasks if todo[task.name]]
+    prepared = {pending[0].name: TaskData(cfg, pending[0], pretrained.tokenizer)} if pending else {}
+    for task in pending[1:]:
+        load_task(task)
+    return settings, records, todo, prepared
 
 
 def train_run(cfg, task, point: dict, seed: int, pretrained, data, where: tuple, log) -> dict:

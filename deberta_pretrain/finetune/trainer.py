@@ -16,7 +16,7 @@ from ..deberta import ModelConfig, SequenceClassificationModel
 from ..training import optim
 from ..training.distributed import padded_batches
 from ..training.metrics import progress_bar
-from ..training.engine import EngineSpec, deepspeed_config
+from ..training.engine import EngineSpec, check_engine_options
 from ..training.engine import build_engine as shared_build_engine
 from ..training.run import step_seed
 from . import metrics
@@ -57,10 +57,9 @@ class TaskData:
         loaded = load_task(task)
         self.problem, self.labels, self.metrics = loaded.problem, loaded.labels, loaded.metrics
         self.num_labels = len(self.labels) or 1
-        max_train = task.get("max_train_samples") or cfg.train.max_train_samples
-        max_eval = task.get("max_eval_samples") or cfg.train.max_eval_samples
-        self.train = encode_split(loaded.train, task, tokenizer, max_train)
-        self.dev = {name: encode_split(split, task, tokenizer, max_eval) for name, split in loaded.dev.items()}
+        self.train = encode_split(loaded.train, task, tokenizer, cfg.train.max_train_samples)
+        self.dev = {name: encode_split(split, task, tokenizer, cfg.train.max_eval_samples)
+                    for name, split in loaded.dev.items()}
 
 
 def collate(data: dict, indices, use_segments: bool, regression: bool, device) -> dict:
@@ -86,9 +85,9 @@ def build_engine(cfg, model, total_steps: int, batch_size: int, world: int, on_g
     schedule = OmegaConf.create({**OmegaConf.to_container(cfg.optim), "lr": lr, "warmup_steps": warmup,
                                  "schedule": "linear", "end_lr_ratio": 0.0})
     spec = EngineSpec(cfg.precision, micro, batch_size, cfg.train.gradient_clipping, cfg.deepspeed, schedule,
-                      total_steps, optim.group_settings(schedule))
+                      total_steps, optim.group_settings(schedule), global_key="task.recipe.batch_size")
     engine = shared_build_engine(model, spec, world, on_gpu)
-    return engine, deepspeed_config(spec, world, on_gpu)["gradient_accumulation_steps"], micro
+    return engine, check_engine_options(spec, world, on_gpu), micro
 
 
 def predict(engine, data: dict, micro: int, use_segments: bool, regression: bool, rank: int, world: int,
@@ -144,15 +143,7 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
         for step in range(total):
             torch.manual_seed(step_seed(seed, rank, step))  # dropout: per step and rank, as in pretraining
             batch = batch_indices(n, batch_size, steps_per_epoch, seed, step)
-            loss_sum = torch.zeros((), device=device)
-            for k in range(accumulation):
-                first = (rank * accumulation + k) * micro
-                out = engine(**collate(data.train, batch[first:first + micro].tolist(), use_segments, regression,
-                                       device))
-                engine.backward(out["loss"])
-                engine.step()
-                loss_sum += out["loss"].detach().float()
-            losses.append(loss_sum / accumulation)
+            losses.append(train_step(engine, data, batch, accumulation, micro, rank, use_segments, regression, device))
             tail = (tail + [losses[-1]])[-max(1, total // 10):]
             if bar is not None:
                 bar.update(1)
@@ -178,6 +169,19 @@ def finetune_once(cfg, task, pretrained, data: TaskData, seed: int, rank: int, w
     if cfg.export and rank == 0:
         out["state"] = best_state
     return out
+
+
+def train_step(engine, data, batch, accumulation: int, micro: int, rank: int, use_segments: bool, regression: bool,
+               device) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches of the global ``batch`` (indices); their mean loss."""
+    loss_sum = torch.zeros((), device=device)
+    for k in range(accumulation):
+        first = (rank * accumulation + k) * micro
+        out = engine(**collate(data.train, batch[first:first + micro].tolist(), use_segments, regression, device))
+        engine.backward(out["loss"])
+        engine.step()
+        loss_sum += out["loss"].detach().float()
+    return loss_sum / accumulation
 
 
 class NonFiniteLoss(ValueError):

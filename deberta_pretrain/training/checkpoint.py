@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..fileio import atomic_write, write_json_atomic
+from .distributed import first_error
 
 logger = logging.getLogger(__name__)
 MARKER = "complete.json"
@@ -59,13 +60,6 @@ def tag_for(step: int) -> str:
 
 def step_of(tag: str) -> int:
     return int(tag.split("/")[0].split("_")[-1])
-
-
-def first_error(error: str | None) -> str | None:
-    """Every rank's error (or None) gathered; the first one, the same on every rank."""
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, error)
-    return next((e for e in gathered if e), None)
 
 
 def read_marker(folder: str) -> dict | None:

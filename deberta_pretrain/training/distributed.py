@@ -79,6 +79,22 @@ def prepare_argv() -> None:
     sys.argv = strip_local_rank(sys.argv)
 
 
+def first_error(error: str | None) -> str | None:
+    """Every rank's error (or None) gathered; the first one, the same on every rank."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, error)
+    return next((e for e in gathered if e), None)
+
+
+def all_ranks_agree(error: str | None) -> None:
+    """Raise the first rank's error on every rank (so no rank is left waiting in a collective)."""
+    error = first_error(error)
+    if error:
+        raise SystemExit(f"error: {error}")
+
+
 def padded_batches(n: int, batch_size: int, rank: int, world_size: int):
     """(indices, real) of this rank's forward passes over ``n`` examples for evaluation: batch ``j`` of rank ``r``
     holds examples ``[(j * world + r) * batch_size, ...)``, and every rank makes the same number of passes (ZeRO-3

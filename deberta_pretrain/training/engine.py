@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ..data.sampler import accumulation_steps
 from . import optim as optimizers
 
 
@@ -27,6 +28,7 @@ class EngineSpec:
     optim: Any
     total_steps: int
     groups: list
+    global_key: str = "train.global_batch_size"  # the setting that gave global_batch_size, for errors
 
     @classmethod
     def for_pretraining(cls, cfg, own_rates: dict | None = None) -> EngineSpec:
@@ -41,24 +43,31 @@ def uses_deepspeed_optimizer(spec: EngineSpec) -> bool:
     return bool(spec.deepspeed.offload)
 
 
+def check_engine_options(spec: EngineSpec, world_size: int, on_gpu: bool) -> int:
+    """The gradient accumulation of ``spec`` on ``world_size`` processes; ``ValueError`` naming the key for batch
+    sizes that do not divide, offload without ZeRO, fp16 without a GPU (checked before anything is written)."""
+    accumulation = accumulation_steps(spec.global_batch_size, spec.micro_batch_size, world_size, spec.global_key)
+    if spec.deepspeed.offload and spec.deepspeed.zero_stage < 1:
+        raise ValueError("deepspeed.offload needs deepspeed.zero_stage >= 1")
+    if spec.precision == "fp16" and not on_gpu:
+        raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
+    return accumulation
+
+
 def deepspeed_config(spec: EngineSpec, world_size: int, on_gpu: bool) -> dict:
-    """The DeepSpeed config dict; ``deepspeed.extra`` is merged in last. Raises ``ValueError`` naming the key for batch
-    sizes that do not divide, offload without ZeRO, fp16 without a GPU."""
+    """The DeepSpeed config dict (options checked by :func:`check_engine_options`); ``deepspeed.extra`` is merged
+    in last."""
     micro, global_batch = spec.micro_batch_size, spec.global_batch_size
-    if global_batch % (micro * world_size):
-        raise ValueError(f"train.global_batch_size ({global_batch}) must be a multiple of train.micro_batch_size "
-                         f"x world size ({micro} x {world_size})")
+    accumulation = check_engine_options(spec, world_size, on_gpu)
     zero = {"stage": spec.deepspeed.zero_stage}
     if spec.deepspeed.offload:
-        if spec.deepspeed.zero_stage < 1:
-            raise ValueError("deepspeed.offload needs deepspeed.zero_stage >= 1")
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
         if spec.deepspeed.zero_stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     config = {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": global_batch // (micro * world_size),
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": spec.gradient_clipping,
         "zero_optimization": zero,
         "steps_per_print": 10**12,
@@ -67,8 +76,6 @@ def deepspeed_config(spec: EngineSpec, world_size: int, on_gpu: bool) -> dict:
     if spec.precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif spec.precision == "fp16":
-        if not on_gpu:
-            raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                           "hysteresis": 2, "min_loss_scale": 1}
     if uses_deepspeed_optimizer(spec):

@@ -13,23 +13,10 @@ import time
 import torch
 import torch.distributed as dist
 
+from ..deberta.flops import detect_peak_tflops
 from ..fileio import atomic_write
 
 logger = logging.getLogger(__name__)
-
-# Dense bf16/fp16 tensor-core peak per device in TFLOP/s (vendor specifications), matched against the device name.
-PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
-               ("V100", 125.0))
-
-
-def detect_peak_tflops(device_name: str | None) -> float | None:
-    if not device_name:
-        return None
-    for key, value in PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
-            return value
-    return None
-
 
 class MetricsLogger:
     """Where metrics go, for pretraining and fine-tuning alike: JSON lines in ``<folder>/metrics.jsonl`` and the same

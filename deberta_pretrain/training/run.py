@@ -20,10 +20,11 @@ from ..deberta import ModelConfig
 from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import describe_folder, write_json_atomic
 from . import distributed, phases
-from .engine import EngineSpec, build_engine, deepspeed_config
+from .distributed import all_ranks_agree
+from .engine import EngineSpec, build_engine, check_engine_options
 from ..objectives import build_objective
 from .initial_weights import objective_with_weights
-from .checkpoint import first_error, is_run_directory, usable_checkpoints
+from .checkpoint import is_run_directory, usable_checkpoints
 from .mirror import fetch_checkpoint
 
 logger = logging.getLogger("deberta_pretrain")
@@ -75,13 +76,6 @@ def ignore_interrupts(_worker_id: int = 0) -> None:
     it exits)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def all_ranks_agree(error: str | None) -> None:
-    """Raise the first rank's error on every rank (so no rank is left waiting in a collective)."""
-    error = first_error(error)
-    if error:
-        raise SystemExit(f"error: {error}")
 
 
 def model_config_from(cfg) -> ModelConfig:
@@ -200,7 +194,7 @@ class Run:
         self.optimizer_source = (phases.optimizer_source(cfg, self.objective.model_configs())
                                  if cfg.train.init_optimizer else None)
         self.engine_spec = EngineSpec.for_pretraining(cfg, self.objective.param_rates())
-        deepspeed_config(self.engine_spec, self.world, self.on_gpu)  # batch arithmetic and precision checks
+        check_engine_options(self.engine_spec, self.world, self.on_gpu)
         self.sampler = corpus.sampler(cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, self.world,
                                       self.rank)  # this rank's samples of every step
         self.warnings = settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs())
