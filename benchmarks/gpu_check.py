@@ -97,7 +97,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-# ---- 4. environment --------------------------------------------------------------------------------------------
+# ---- 1. environment --------------------------------------------------------------------------------------------
 def environment(args, log: Log) -> dict:
     versions = {}
     for name in LIBRARIES:
@@ -121,7 +121,7 @@ def environment(args, log: Log) -> dict:
     return out
 
 
-# ---- 1. gpu tests ----------------------------------------------------------------------------------------------
+# ---- 2. gpu tests ----------------------------------------------------------------------------------------------
 def gpu_tests(args, log: Log) -> dict:
     """On the CPU the command still runs (collection and imports are checked) and the tests report as skipped."""
     result = run_command([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
@@ -138,7 +138,7 @@ def gpu_tests(args, log: Log) -> dict:
     return result
 
 
-# ---- 2. throughput ---------------------------------------------------------------------------------------------
+# ---- 3. throughput ---------------------------------------------------------------------------------------------
 def throughput(args, log: Log) -> dict:
     json_path = os.path.join(args.work, "throughput.json")
     cmd = [sys.executable, "benchmarks/throughput.py", "--out", json_path, "--rtd"]
@@ -164,7 +164,7 @@ def throughput(args, log: Log) -> dict:
     return result
 
 
-# ---- 3. pretraining runs ---------------------------------------------------------------------------------------
+# ---- 4. pretraining runs ---------------------------------------------------------------------------------------
 def pretrain_overrides(args, data: str, outputs: str, name: str, **extra) -> list[str]:
     if args.dry_run:
         values = {"model": "tiny", "train.max_steps": 6, "train.global_batch_size": 4, "train.micro_batch_size": 2,

@@ -1,5 +1,6 @@
 """MLM masking, the step sampler, the LR schedule, the DeepSpeed config arithmetic and the FLOP formula."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -165,9 +166,18 @@ def test_deepspeed_config_batch_arithmetic_and_errors():
     cfg.deepspeed.extra = {"zero_optimization": {"reduce_bucket_size": 123}}
     merged = deepspeed_config(cfg, world_size=1, on_gpu=False)
     assert merged["zero_optimization"] == {"stage": 0, "reduce_bucket_size": 123}
-    with pytest.raises(ValueError, match="global_batch_size"):
+    with pytest.raises(ValueError, match=r"train.global_batch_size \(64\) must be a multiple of "
+                                         r"train.micro_batch_size x world size \(8 x 3\)"):
         deepspeed_config(cfg, world_size=3, on_gpu=False)
-    cfg.precision = "fp16"
+    with pytest.raises(ValueError, match=r"train.global_batch_size \(64\) .* \(8 x 3\)"):  # the sampler: the same
+        StepSampler(100, 0, 64, 8, 3, 0)
+    finetuning = dataclasses.replace(EngineSpec.for_pretraining(cfg), global_key="task.recipe.batch_size")
+    with pytest.raises(ValueError, match=r"^task.recipe.batch_size \(64\)"):  # fine-tuning names its own key
+        engine_config(finetuning, 3, False)
+    cfg.deepspeed.offload = True
+    with pytest.raises(ValueError, match="deepspeed.offload needs deepspeed.zero_stage >= 1"):
+        deepspeed_config(cfg, world_size=1, on_gpu=False)
+    cfg.deepspeed.offload, cfg.precision = False, "fp16"
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         deepspeed_config(cfg, world_size=1, on_gpu=False)
 
