@@ -33,14 +33,23 @@ def main(cfg: DictConfig) -> None:
         check_tool_config(cfg, "build_vocab")
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if "://" in str(cfg.output):
+        sys.exit(f"error: output={cfg.output}: build_vocab writes a local file (upload it afterwards if need be)")
     output = os.path.abspath(cfg.output)
     owner = owned_by_another_tool(output)
     if owner:
         sys.exit(f"error: {output} is inside {owner}, which belongs to another output; write the vocabulary elsewhere")
+    if os.path.isdir(output):
+        sys.exit(f"error: output={output} is a folder; name the file to write, e.g. {output}/bpe_encoder.bin")
     if os.path.exists(output) and not cfg.overwrite:
         sys.exit(f"error: {output} exists; pass overwrite=true to replace it")
-    vocab = build_bpe_encoder(cfg.encoder_json, cfg.vocab_bpe, cfg.dict_txt)
-    sha256 = save_bpe_encoder(vocab, output)
+    try:
+        vocab = build_bpe_encoder(cfg.encoder_json, cfg.vocab_bpe, cfg.dict_txt)
+        sha256 = save_bpe_encoder(vocab, output)
+    except (OSError, ValueError) as e:  # a missing or malformed input file: the message names it
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # the file is written atomically: nothing partial is left
+        sys.exit("interrupted: nothing was written")
     tokenizer = GPT2Tokenizer(output)
     print(f"wrote {output} (sha256 {sha256}): {tokenizer.vocab_size} ids, [MASK]={tokenizer.mask_token_id}, "
           f"dict_source={tokenizer.dict_source}")

@@ -44,6 +44,11 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print("interrupted: tasks that finished are kept and skipped by the same command", file=sys.stderr)
         sys.exit(130)
+    finally:  # close the process group before the interpreter exits: its threads must not outlive it
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,26 @@ def test_plots_go_only_to_a_plots_folder(tmp_path):
     plot_run(run, tmp_path / "new")  # an earlier plots folder is drawn again
 
 
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_and_a_bad_one_named(tmp_path):
+    from deberta_pretrain.training.metrics import MetricsLogger
+    from deberta_pretrain.training.plots import plot_run
+
+    run = fake_run(tmp_path / "run")
+    path = run / "metrics.jsonl"
+    path.write_text('{"split": "train", "step": 1, "loss": 9.0}\n{"split": "train", "step": 2, "loss": 8.0}\n'
+                    '{"split": "train", "st')  # killed while writing step 3
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    MetricsLogger(str(run), OmegaConf.create({"wandb": {"mode": "disabled"}}), "run", None, start_step=2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]  # resumed from step 2
+    path.write_text('{"split": "train", "step": 1, "loss": 9.0}\nloss 8.0\n{"split": "train", "step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record: 'loss 8.0'"):
+        read_metrics(run)
+    path.write_text("")
+    with pytest.raises(ValueError, match="holds no records yet"):
+        plot_run(run)
+    assert not (run / "plots").exists()
+
+
 # ---- 3. strict keys, with + too ------------------------------------------------------------------------------------
 def compose(config_dir: str, name: str, overrides):
     from hydra import compose as hydra_compose  # noqa: PLC0415
@@ -213,6 +235,50 @@ def test_the_tools_name_a_misspelt_or_missing_key_too(folder, tool, overrides, m
 
 
 # ---- 5. errors say what is true -------------------------------------------------------------------------------------
+def test_fine_tuning_results_are_not_taken_for_a_run(tmp_path):
+    """A fine-tuning results folder holds a metrics.jsonl like a run: export, fine-tuning, plots and a pretraining
+    run's name= must still not take it for one (a run would have rewritten its metrics)."""
+    from deberta_pretrain.finetune.pretrained import load_pretrained
+    from deberta_pretrain.training.checkpoint import is_run_directory
+    from deberta_pretrain.training.plots import plot_run
+
+    results = tmp_path / "finetune" / "glue-small" / "step_00000006"
+    os.makedirs(results)
+    (results / "finetune.json").write_text(json.dumps({"suite": "glue-small", "checkpoint": str(tmp_path)}))
+    (results / "metrics.jsonl").write_text('{"split": "validation/sst2", "step": 2, "accuracy": 0.5}\n')
+    before = snapshot(tmp_path)
+    assert not is_run_directory(results) and is_run_directory(fake_run(tmp_path / "run"))
+    for load in (lambda: export(results, tmp_path / "out"), lambda: load_pretrained(str(results))):
+        with pytest.raises(ValueError, match=r"step_00000006 holds fine-tuning results, not a checkpoint"):
+            load()
+    with pytest.raises(ValueError, match=r"holds fine-tuning results \(their table is results.md\)"):
+        plot_run(results)
+    assert {k: v for k, v in snapshot(tmp_path).items() if "/run/" not in k} == before
+
+
+@pytest.mark.parametrize("case", ["missing dict", "empty dict", "output a folder", "output remote", "bad json"])
+def test_build_vocab_names_a_bad_input_in_one_line_and_writes_nothing(tmp_path, case):
+    (tmp_path / "encoder.json").write_text('{"a": 0, "b": 1, "ab": 2}' if case != "bad json" else '{"a": 0,')
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\na b\n")
+    (tmp_path / "dict.txt").write_text("" if case == "empty dict" else "0 10\n1 5\n")
+    os.makedirs(tmp_path / "folder")
+    output, dict_txt, message = tmp_path / "v.bin", tmp_path / "dict.txt", None
+    if case == "missing dict":
+        dict_txt, message = tmp_path / "dcit.txt", f"No such file or directory: '{tmp_path / 'dcit.txt'}'"
+    message = message or {"empty dict": f"{dict_txt}: an empty dict.txt",
+                          "output a folder": "is a folder; name the file to write",
+                          "output remote": "build_vocab writes a local file",
+                          "bad json": f"{tmp_path / 'encoder.json'}: not a JSON encoder file"}.get(case)
+    output = {"output a folder": tmp_path / "folder", "output remote": "s3://bucket/v.bin"}.get(case, output)
+    before = snapshot(tmp_path)
+    result = subprocess.run([sys.executable, "data_prep/build_vocab.py", f"output={output}", f"dict_txt={dict_txt}",
+                             f"encoder_json={tmp_path / 'encoder.json'}", f"vocab_bpe={tmp_path / 'vocab.bpe'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().startswith("error: ") and message in result.stderr, result.stderr
+    assert snapshot(tmp_path) == before and not os.path.exists("s3:")
+
+
 def test_a_run_without_a_checkpoint_yet_is_called_that(tmp_path):
     from deberta_pretrain.finetune.pretrained import load_pretrained
 

@@ -270,6 +270,15 @@ CONFIG_CASES = {  # name: (overrides, parts of the message)
     "a task named results": (["task=sst2", "task.name=results"], ["task.name: 'results'"]),
     "a learning rate of 0": (["task=sst2", "task.recipe.lr=0"], ["task sst2: task.recipe.lr: a number > 0"]),
     "an unknown suite task": (["suite=glue", "suite.tasks=[sst2,sts]"], ["suite.tasks: there is no task 'sts'"]),
+    # the engine's options, for every batch size of a grid, before anything is written (not when a run starts)
+    "a micro-batch that does not divide the batch": (["task=sst2", "train.micro_batch_size=5"], [
+        "task sst2: task.recipe.batch_size (32) must be a multiple of train.micro_batch_size x world size (5 x 1)"]),
+    "a grid batch size that does not divide": (["task=sst2", "task.recipe.batch_size=[64,48]",
+                                                "train.micro_batch_size=32"], ["task.recipe.batch_size (48)"]),
+    "offload without ZeRO": (["task=sst2", "deepspeed.offload=true"],
+                             ["deepspeed.offload needs deepspeed.zero_stage >= 1"]),
+    "a misspelt DeepSpeed key": (["task=sst2", "+deepspeed.extra.zero_optimization.reduce_bucket_sze=5"], [
+        "deepspeed.extra.zero_optimization.reduce_bucket_sze: extra inputs are not permitted"]),
 }
 
 

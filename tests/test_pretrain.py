@@ -78,6 +78,8 @@ def test_resume_after_a_kill_is_exact(data, numbers_64, tmp_path, fault):
     ("data.path=/nonexistent/prepared", "data.path: /nonexistent/prepared does not exist"),
     ("precision=fp8", "precision"),
     ("train.on_nonfinite=skip", "train.on_nonfinite=skip drops an update through DeepSpeed"),  # at ZeRO stage 0
+    ("+deepspeed.extra.zero_optimization.reduce_bucket_sze=5",  # DeepSpeed's own schema, in one line
+     "error: deepspeed.extra.zero_optimization.reduce_bucket_sze: extra inputs are not permitted"),
 ])
 def test_bad_overrides_fail_before_training_and_touch_nothing(data, tmp_path, override, message):
     overrides = [o for o in tiny_overrides(data, tmp_path, "bad") if o.split("=")[0] != override.split("=")[0]]

@@ -72,6 +72,8 @@ def read_fairseq_dict(path) -> list[list]:
             if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
                 raise ValueError(f"{path}:{number}: expected '<symbol> <count>', got {line.rstrip()!r}")
             entries.append([parts[0], int(parts[1])])
+    if not entries:
+        raise ValueError(f"{path}: an empty dict.txt (expected one '<symbol> <count>' line per token)")
     return entries
 
 
@@ -83,7 +85,10 @@ def build_bpe_encoder(encoder_json=None, vocab_bpe=None, dict_txt=None) -> dict:
         encoder_json = encoder_json or default_encoder
         vocab_bpe = vocab_bpe or default_merges
     with open(encoder_json, encoding="utf-8") as f:
-        encoder = json.load(f)
+        try:
+            encoder = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{encoder_json}: not a JSON encoder file ({e})") from None
     merges = read_merges(vocab_bpe)
     if dict_txt is not None:
         dict_map = read_fairseq_dict(dict_txt)

@@ -98,6 +98,11 @@ def python_help_order_task(split: str) -> list[dict]:
 BUILT_IN = {"python-help": python_help_task, "python-help-order": python_help_order_task}
 
 
+def config_names(group: str) -> list[str]:
+    """The names of the shipped ``conf/<group>/*.yaml`` files."""
+    return sorted(name[:-5] for name in os.listdir(os.path.join(CONF, group)) if name.endswith(".yaml"))
+
+
 def suite_tasks(cfg) -> tuple[str, list]:
     """(suite name, task configs): ``suite=`` loads each task's ``conf/task/<name>.yaml`` and applies the suite's
     ``overrides``; otherwise the one ``task=``."""
@@ -110,8 +115,8 @@ def suite_tasks(cfg) -> tuple[str, list]:
             tasks.append(OmegaConf.merge(OmegaConf.load(path), cfg.suite.get("overrides") or {}))
         return cfg.suite.name, tasks
     if not cfg.task:
-        raise ValueError("choose task=<name> (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, custom) or "
-                         "suite=<name> (glue, glue-small)")
+        raise ValueError(f"choose task=<name> ({', '.join(config_names('task'))}) or suite=<name> "
+                         f"({', '.join(config_names('suite'))})")
     return cfg.task.name, [cfg.task]
 
 

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from ..config_keys import ABSENT, changed_keys
 from ..fileio import claim_output, sha256_file, write_json_atomic
+from ..training.checkpoint import FINETUNE_RESULTS_MARKER
 from ..training.distributed import init_distributed, on_cpu
 from ..training.metrics import MetricsLogger
 from .config import validate_finetune
@@ -33,12 +34,13 @@ from .grid import (GRID_KEYS, advice, choose, describe, grid_points, point_key, 
                    with_point)
 from .metrics import learned_nothing
 from .pretrained import load_pretrained
-from .trainer import NonFiniteLoss, TaskData, finetune_once
+from .trainer import NonFiniteLoss, TaskData, check_engine, finetune_once
 
 __all__ = ["run_finetune", "suite_tasks", "task_settings", "earlier_record"]
 logger = logging.getLogger("deberta_pretrain.finetune")
-NOT_SETTINGS = ("output", "logging")  # where results go and how progress is shown: no score depends on them
-MARKER = "finetune.json"  # written first into a results folder: a re-run after a failure knows the folder as its own
+NOT_SETTINGS = ("output", "logging", "export")  # where results go, how progress is shown, whether the best model is
+# written: no score depends on them
+MARKER = FINETUNE_RESULTS_MARKER  # written first into a results folder: a re-run after a failure knows it as its own
 
 
 def checkpoint_files(pretrained) -> dict:
@@ -57,9 +59,9 @@ def checkpoint_files(pretrained) -> dict:
 
 def task_settings(cfg, task, pretrained) -> dict:
     """Everything a task's scores depend on but the seed and the grid's values, as recorded with them: the whole
-    resolved config but ``output``, ``logging`` and ``seeds``, with the task's own config (a suite's overrides
-    applied) in place of ``task``/``suite``; the checkpoint's absolute path, pretraining step and (a model folder)
-    files; the sha256 (16 digits) of each data file."""
+    resolved config but ``output``, ``logging``, ``export`` and ``seeds``, with the task's own config (a suite's
+    overrides applied) in place of ``task``/``suite``; the checkpoint's absolute path, pretraining step and (a model
+    folder) files; the sha256 (16 digits) of each data file."""
     settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
                 if k not in (*NOT_SETTINGS, "task", "suite", "seeds")}
     settings["task"] = OmegaConf.to_container(task, resolve=True)
@@ -174,6 +176,8 @@ def run_finetune(cfg) -> dict:
     rank, world, local_rank = init_distributed()
     device = torch.device("cpu" if on_cpu() else f"cuda:{local_rank}")
     suite, tasks = suite_tasks(cfg)
+    for task in tasks:
+        check_engine(cfg, task, world, device.type == "cuda")
     pretrained = load_pretrained(cfg.checkpoint)
     out = output_folder(cfg, suite, pretrained)
     # Results of other settings are refused task by task below. The default folder lies inside the model's folder

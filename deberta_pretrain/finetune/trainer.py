@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from ..data.sampler import accumulation_steps
 from ..deberta import ModelConfig, SequenceClassificationModel
 from ..training import optim
 from ..training.distributed import padded_batches
@@ -21,6 +22,7 @@ from ..training.engine import build_engine as shared_build_engine
 from ..training.run import step_seed
 from . import metrics
 from .data import encode, load_task
+from .grid import grid_points
 
 logger = logging.getLogger("deberta_pretrain.finetune")
 WARMUP_SHARE = 0.06  # task.recipe.warmup_steps=null: this share of the run's steps (as RoBERTa's GLUE recipes)
@@ -78,16 +80,31 @@ def collate(data: dict, indices, use_segments: bool, regression: bool, device) -
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def build_engine(cfg, model, total_steps: int, batch_size: int, world: int, on_gpu: bool, lr: float, warmup: int):
-    """(engine, gradient accumulation, micro-batch) from the shared engine builder: the fine-tuning config's own
-    sections, with the recipe's rate and warm-up on a linear decay to 0 (upstream's GLUE schedule)."""
+def engine_spec(cfg, total_steps: int, batch_size: int, world: int, lr: float, warmup: int) -> EngineSpec:
+    """The shared engine builder's spec from the fine-tuning config's own sections, with the recipe's rate and
+    warm-up on a linear decay to 0 (upstream's GLUE schedule)."""
     micro = cfg.train.micro_batch_size or max(1, batch_size // world)
     schedule = OmegaConf.create({**OmegaConf.to_container(cfg.optim), "lr": lr, "warmup_steps": warmup,
                                  "schedule": "linear", "end_lr_ratio": 0.0})
-    spec = EngineSpec(cfg.precision, micro, batch_size, cfg.train.gradient_clipping, cfg.deepspeed, schedule,
+    return EngineSpec(cfg.precision, micro, batch_size, cfg.train.gradient_clipping, cfg.deepspeed, schedule,
                       total_steps, optim.group_settings(schedule), global_key="task.recipe.batch_size")
+
+
+def check_engine(cfg, task, world: int, on_gpu: bool) -> None:
+    """The engine options (batch arithmetic, offload, precision, ``deepspeed.extra``) at every batch size of the
+    task's grid, before anything is written; ``ValueError`` names the task and the key."""
+    for point in grid_points(task.recipe):
+        try:
+            check_engine_options(engine_spec(cfg, 1, int(point["batch_size"]), world, point["lr"], 0), world, on_gpu)
+        except ValueError as e:
+            raise ValueError(f"task {task.name}: {e}") from None
+
+
+def build_engine(cfg, model, total_steps: int, batch_size: int, world: int, on_gpu: bool, lr: float, warmup: int):
+    """(engine, gradient accumulation, micro-batch) from the shared engine builder."""
+    spec = engine_spec(cfg, total_steps, batch_size, world, lr, warmup)
     engine = shared_build_engine(model, spec, world, on_gpu)
-    return engine, check_engine_options(spec, world, on_gpu), micro
+    return engine, accumulation_steps(batch_size, spec.micro_batch_size, world), spec.micro_batch_size
 
 
 def predict(engine, data: dict, micro: int, use_segments: bool, regression: bool, rank: int, world: int,

@@ -41,17 +41,21 @@ class CheckpointError(RuntimeError):
 
 
 RUN_MARKERS = ("train.log", "metrics.jsonl", "checkpoints")  # not .hydra/: any Hydra app may leave one
+# written first into a fine-tuning results folder, which holds a metrics.jsonl too but is not a run
+FINETUNE_RESULTS_MARKER = "finetune.json"
 
 
 def is_run_directory(path: str) -> bool:
-    """A folder ``launch/pretrain.py`` made (its log, metrics or checkpoints are there)."""
-    return any(os.path.exists(os.path.join(path, name)) for name in RUN_MARKERS)
+    """A folder ``launch/pretrain.py`` made (its log, metrics or checkpoints are there; not fine-tuning results)."""
+    return any(os.path.exists(os.path.join(path, name)) for name in RUN_MARKERS) and not os.path.exists(
+        os.path.join(path, FINETUNE_RESULTS_MARKER))
 
 
 def names_a_checkpoint(path: str) -> bool:
-    """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint (see :func:`find_checkpoint`)."""
-    return os.path.isdir(path) and (is_run_directory(path) or os.path.isfile(os.path.join(path, MARKER))
-                                    or os.path.isfile(os.path.join(path, "latest")))
+    """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint (see :func:`find_checkpoint`; also
+    fine-tuning results, which it refuses by name)."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in (
+        *RUN_MARKERS, MARKER, "latest", FINETUNE_RESULTS_MARKER))
 
 
 def tag_for(step: int) -> str:
@@ -269,7 +273,11 @@ def find_checkpoint(path) -> tuple[str, str, str]:
     back to the one before); a ``step_N`` folder must pass the same check."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
+        what = "is a file, not a folder" if os.path.isfile(path) else "does not exist"
+        raise FileNotFoundError(f"checkpoint: {path} {what}")
+    if os.path.isfile(os.path.join(path, FINETUNE_RESULTS_MARKER)):
+        raise ValueError(f"checkpoint: {path} holds fine-tuning results, not a checkpoint (an export of a fine-tuned "
+                         f"model lies in <results>/<task>/ with export=true)")
     if is_run_directory(path) and not checkpoint_tags(os.path.join(path, "checkpoints")):
         raise ValueError(f"checkpoint: {path} is a run directory with no checkpoint yet (the first is written after "
                          f"train.checkpoint_every steps, or when the run is stopped)")

@@ -51,7 +51,31 @@ def check_engine_options(spec: EngineSpec, world_size: int, on_gpu: bool) -> int
         raise ValueError("deepspeed.offload needs deepspeed.zero_stage >= 1")
     if spec.precision == "fp16" and not on_gpu:
         raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
+    zero = extra_options(spec).get("zero_optimization")
+    if isinstance(zero, dict):
+        check_zero_options({"stage": spec.deepspeed.zero_stage, **zero})
     return accumulation
+
+
+def extra_options(spec: EngineSpec) -> dict:
+    """``deepspeed.extra`` as a plain dict."""
+    extra = spec.deepspeed.get("extra") or {}
+    return extra if isinstance(extra, dict) else OmegaConf.to_container(extra, resolve=True)
+
+
+def check_zero_options(zero: dict) -> None:
+    """DeepSpeed's own schema of ``zero_optimization``: a misspelt key in ``deepspeed.extra`` is named at start-up
+    in one line, rather than deep inside ``deepspeed.initialize``."""
+    import pydantic  # noqa: PLC0415
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # noqa: PLC0415
+
+    try:
+        DeepSpeedZeroConfig(**zero)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"deepspeed.extra.zero_optimization.{where}: {first['msg'].lower()} (DeepSpeed's "
+                         f"zero_optimization settings)") from None
 
 
 def deepspeed_config(spec: EngineSpec, world_size: int, on_gpu: bool) -> dict:
@@ -82,10 +106,7 @@ def deepspeed_config(spec: EngineSpec, world_size: int, on_gpu: bool) -> dict:
         params = optimizers.adam_params(spec.optim)
         params["betas"] = list(params["betas"])
         config["optimizer"] = {"type": "AdamW", "params": params}
-    extra = spec.deepspeed.get("extra") or {}
-    if not isinstance(extra, dict):
-        extra = OmegaConf.to_container(extra, resolve=True)
-    return _merge(config, extra)
+    return _merge(config, extra_options(spec))
 
 
 def _merge(base: dict, extra: dict) -> dict:

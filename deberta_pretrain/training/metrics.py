@@ -52,7 +52,8 @@ class MetricsLogger:
             return
         with open(self.path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if start_step > 0 and json.loads(line)["step"] <= start_step]
+        complete = [line for line in lines if line.endswith("\n")]  # a kill may have cut the last one short
+        kept = [line for line in complete if start_step > 0 and json.loads(line)["step"] <= start_step]
         if len(kept) != len(lines):
             atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
 
@@ -83,13 +84,21 @@ def progress_bar(total: int, description: str, enabled: bool, initial: int = 0):
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    """The records of ``metrics.jsonl``; with restarts, the last record of each (split, step) wins."""
+    """The records of ``metrics.jsonl``; with restarts, the last record of each (split, step) wins. A last line cut
+    short by a kill (no newline) is left out: the resumed run logs that step again. Any other bad line is a
+    ``ValueError`` naming the file and line."""
     latest: dict = {}
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+    path = os.path.join(run_dir, "metrics.jsonl")
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
                 latest[(record.get("split", "train"), record["step"])] = record
+            except (ValueError, KeyError, AttributeError):
+                if line.endswith("\n"):
+                    raise ValueError(f"{path}:{number}: not a metrics record: {line.strip()[:80]!r}") from None
     return [latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1]))]
 
 

@@ -6,6 +6,7 @@ import os
 import re
 
 from ..fileio import claim_output, write_json_atomic
+from .checkpoint import FINETUNE_RESULTS_MARKER
 from .metrics import read_metrics
 
 LEGEND_MAX = 10  # curves with a legend line each; beyond, the sources' curves share one
@@ -29,9 +30,14 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     run_dir = os.fspath(run_dir)
+    if os.path.isfile(os.path.join(run_dir, FINETUNE_RESULTS_MARKER)):
+        raise ValueError(f"{run_dir} holds fine-tuning results (their table is results.md); plot the pretraining "
+                         f"run: its plots include the fine-tuning scores of its checkpoints")
     if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is this a run directory of launch/pretrain.py?)")
     records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{run_dir}/metrics.jsonl holds no records yet (the first is written at train.log_every)")
     own = os.path.join(run_dir, "plots")
     out_dir = os.path.abspath(os.fspath(out_dir or own))
     if out_dir != os.path.abspath(own):  # the run's own plots folder is always ours to refresh; another is checked
