@@ -1,5 +1,5 @@
-"""The commands of docs/: every pretraining command composes into a valid config (its keys exist, its values pass
-the checks), and the quick paths that run on a CPU run as written (scaled down by appended overrides). The documented
+"""The commands of docs/ and the README: every pretraining, data-prep, export, plot and fine-tuning command composes
+into a valid config (its keys exist, its values pass the checks), and the quick paths that run on a CPU run as written (scaled down by appended overrides). The documented
 defaults of the pretraining keys equal those of conf/."""
 
 import glob
@@ -48,6 +48,43 @@ def test_every_pretraining_command_of_the_docs_composes(doc):
                 if "launch/pretrain.py" in c]
     for command in commands:
         validate(compose_pretrain(*pretrain_overrides(command)))  # unknown keys, types, values: named
+
+
+def tool_checks() -> dict:
+    """script -> (config folder under conf/, config name, the check its entry point runs on the composed config)."""
+    from deberta_pretrain import config
+    from deberta_pretrain.finetune.config import check_finetune_keys, register_finetune_configs, validate_finetune
+
+    config.register_data_prep_configs()
+    config.register_tool_configs()
+    register_finetune_configs()
+    return {
+        "data_prep/prepare.py": ("data_prep", "prepare", lambda c: config.check_data_prep_keys(c, config.PrepareSchema)),
+        "data_prep/train_tokenizer.py": ("data_prep", "train_tokenizer",
+                                         lambda c: config.check_data_prep_keys(c, config.TrainTokenizerSchema)),
+        "data_prep/build_vocab.py": ("data_prep", "build_vocab", lambda c: config.check_tool_config(c, "build_vocab")),
+        "launch/export.py": ("", "export", lambda c: config.check_tool_config(c, "export")),
+        "launch/plot.py": ("", "plot", lambda c: config.check_tool_config(c, "plot")),
+        "launch/finetune.py": ("", "finetune", lambda c: (check_finetune_keys(c), validate_finetune(c))),
+    }
+
+
+def test_every_other_command_of_the_docs_composes_and_passes_its_checks():
+    from hydra import compose, initialize_config_dir
+
+    checks, seen = tool_checks(), set()
+    for path in [*DOCS, os.path.join(ROOT, "README.md")]:
+        for command in (c for block in bash_blocks(path) for c in block):
+            words = shlex.split(command, comments=True)
+            script = next((w for w in words if w in checks), None)
+            if script is None:
+                continue
+            folder, name, check = checks[script]
+            overrides = [w for w in words[words.index(script) + 1:] if "=" in w]
+            with initialize_config_dir(os.path.join(ROOT, "conf", folder), version_base=None):
+                check(compose(name, overrides=overrides))  # unknown keys, types, values: named
+            seen.add(script)
+    assert seen == set(checks) - {"data_prep/build_vocab.py"}  # build_vocab: inline in data-prep.md, no block
 
 
 # The key tables of the pretraining configuration: | `key` | default | meaning |
