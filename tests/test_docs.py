@@ -1,6 +1,6 @@
 """The commands of docs/ and the README: every pretraining, data-prep, export, plot and fine-tuning command composes
-into a valid config (its keys exist, its values pass the checks), and the quick paths that run on a CPU run as written (scaled down by appended overrides). The documented
-defaults of the pretraining keys equal those of conf/."""
+into a valid config (its keys exist, its values pass the checks), and the quick paths that run on a CPU run as
+written (scaled down by appended overrides). The documented defaults of the pretraining keys equal those of conf/."""
 
 import glob
 import math
@@ -59,7 +59,8 @@ def tool_checks() -> dict:
     config.register_tool_configs()
     register_finetune_configs()
     return {
-        "data_prep/prepare.py": ("data_prep", "prepare", lambda c: config.check_data_prep_keys(c, config.PrepareSchema)),
+        "data_prep/prepare.py": ("data_prep", "prepare",
+                                 lambda c: config.check_data_prep_keys(c, config.PrepareSchema)),
         "data_prep/train_tokenizer.py": ("data_prep", "train_tokenizer",
                                          lambda c: config.check_data_prep_keys(c, config.TrainTokenizerSchema)),
         "data_prep/build_vocab.py": ("data_prep", "build_vocab", lambda c: config.check_tool_config(c, "build_vocab")),
