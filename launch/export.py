@@ -32,6 +32,9 @@ def main(cfg: DictConfig) -> None:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: no export was written (a partial one is removed)", file=sys.stderr)
+        sys.exit(130)
     print(f"wrote {out}")
 
 

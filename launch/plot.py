@@ -27,6 +27,9 @@ def main(cfg: DictConfig) -> None:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to draw every plot", file=sys.stderr)
+        sys.exit(130)
     for path in written:
         print(f"wrote {path}")
 
