@@ -147,6 +147,10 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_and_a_bad_one_named(tmp_p
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
     MetricsLogger(str(run), OmegaConf.create({"wandb": {"mode": "disabled"}}), "run", None, start_step=2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]  # resumed from step 2
+    path.write_text(path.read_text() + '{"split": "validation/sst2", "st')  # fine-tuning keeps every record
+    log = MetricsLogger(str(run), OmegaConf.create({"wandb": {"mode": "disabled"}}), "ft", None, start_step=None)
+    log.log({"split": "validation/sst2", "step": 4, "accuracy": 0.5})
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 4]  # the new record is not glued to the cut one
     path.write_text('{"split": "train", "step": 1, "loss": 9.0}\nloss 8.0\n{"split": "train", "step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record: 'loss 8.0'"):
         read_metrics(run)

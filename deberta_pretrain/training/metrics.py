@@ -33,8 +33,7 @@ class MetricsLogger:
         self.run_id = resume_id
         if not enabled:
             return
-        if start_step is not None:
-            self._forget_after(start_step)
+        self._forget_after(start_step)
         wandb_cfg = logging_cfg.wandb
         if wandb_cfg.mode != "disabled":
             import wandb  # noqa: PLC0415
@@ -45,15 +44,17 @@ class MetricsLogger:
                                         id=self.run_id, resume="allow", mode=wandb_cfg.mode, dir=folder,
                                         tags=list(wandb_cfg.get("tags") or []), config=config)
 
-    def _forget_after(self, start_step: int) -> None:
+    def _forget_after(self, start_step: int | None) -> None:
         """Drop the records of steps that the run is about to do again (those logged after the checkpoint it resumes
-        from, or all of them when it starts afresh), so that the file holds one record per step and split."""
+        from, or all of them when it starts afresh; None keeps them), so that the file holds one record per step and
+        split; and a last line that a kill cut short, so that the next record starts a line of its own."""
         if not os.path.exists(self.path):
             return
         with open(self.path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
-        complete = [line for line in lines if line.endswith("\n")]  # a kill may have cut the last one short
-        kept = [line for line in complete if start_step > 0 and json.loads(line)["step"] <= start_step]
+        complete = [line for line in lines if line.endswith("\n")]
+        kept = [line for line in complete
+                if start_step is None or (start_step > 0 and json.loads(line)["step"] <= start_step)]
         if len(kept) != len(lines):
             atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
 
