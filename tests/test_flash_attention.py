@@ -17,7 +17,7 @@ def test_flash_matches_eager_in_the_triton_interpreter():
     result = subprocess.run([sys.executable, os.path.join(HERE, "flash_checks.py")], capture_output=True, text=True,
                             env=dict(os.environ, TRITON_INTERPRET="1"), timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert result.stdout.count("ok ") == 5
+    assert result.stdout.count("ok ") == 7
 
 
 def test_flash_is_not_used_where_it_cannot_run():
@@ -40,21 +40,27 @@ def test_flash_matches_eager_on_gpu_in_bf16():
 
     flash_checks.check_against_eager("cuda", torch.bfloat16, head_sizes=(32, 64, 128),
                                      lengths=((130, 77, 1), (513, 200), (64,)), rtol=1e-3)
+    flash_checks.check_documents("cuda", torch.bfloat16, head_sizes=(32, 64, 128), rtol=1e-3)
     flash_checks.check_dropout("cuda")
 
 
-def test_padding_key_mask_recognises_outer_products_only():
-    """The fused kernel takes a [B, L] key mask: it is recovered from the encoder's outer-product masks (without a
-    comparison) and from equal masks a caller builds, and refused for any other 3-D mask."""
-    from deberta_pretrain.deberta.masks import extended_attention_mask, padding_key_mask
+def test_kernel_masks_recognises_outer_products_and_remembered_documents_only():
+    """The fused kernel takes a [B, L] key mask (and [B, L] document ids): they are recovered from the encoder's
+    remembered masks (without a comparison), the key mask from equal masks a caller builds; any other mask,
+    a document mask built by hand included, is refused (it goes to sdpa)."""
+    from deberta_pretrain.deberta.masks import extended_attention_mask, kernel_masks
 
     pad = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    built = extended_attention_mask(pad)
-    assert padding_key_mask(built) is not None and torch.equal(padding_key_mask(built), pad.bool())
+    built = extended_attention_mask(pad, remember=True)
+    assert torch.equal(kernel_masks(built)[0], pad.bool()) and kernel_masks(built)[1] is None
     by_hand = torch.tensor([[[a and b for b in row] for a in row] for row in pad.tolist()], dtype=torch.bool)
-    assert torch.equal(padding_key_mask(by_hand[:, None]), pad.bool())
+    assert torch.equal(kernel_masks(by_hand[:, None])[0], pad.bool())
     causal = torch.tril(torch.ones(4, 4, dtype=torch.bool)).expand(2, 4, 4)
-    assert padding_key_mask(causal[:, None]) is None
+    assert kernel_masks(causal[:, None]) is None
     blocks = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     blocks[..., :2, :2] = blocks[..., 2:, 2:] = True  # two documents packed in one row
-    assert padding_key_mask(blocks) is None
+    assert kernel_masks(blocks) is None
+    documents = torch.tensor([[0, 0, 1, 1]])
+    remembered = extended_attention_mask(torch.ones(1, 4), documents, remember=True)
+    assert torch.equal(remembered, blocks)
+    assert torch.equal(kernel_masks(remembered)[1], documents)

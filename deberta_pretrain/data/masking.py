@@ -9,10 +9,11 @@ and 10 % stay unchanged. Three ways to choose them:
   words are chosen;
 * ``span``: n-grams of whole words, n in [1, max_ngram] with p(n) proportional to 1/n (upstream's ``max_gram``).
 
-With ``document_attention`` (for blocks packed from several documents joined by ``[SEP]``), each token attends
-only to the tokens of its own document (a block-diagonal ``[B, L, L]`` mask) and ``position_ids`` restart at every
-document, so a packed document is encoded as if it were alone in its row (relative positions within a document do
-not depend on where it sits) and packing wastes no compute on padding.
+With ``document_attention`` (for blocks packed from several documents joined by ``[SEP]``), the batch carries
+``document_ids`` (the model attends only within a document) and ``position_ids`` that restart at every document,
+so a packed document is encoded as if it were alone in its row (relative positions within a document do not
+depend on where it sits) and packing wastes no compute on padding. A document runs up to and including its
+``[SEP]``; the block's ``[CLS]`` belongs to the first one. Both are [B, L]: no L x L mask leaves the collator.
 
 The random generator of block ``i`` in epoch ``e`` is seeded with ``(seed, e, i)``: masks do not depend on the
 world size, the batch a block lands in, or restarts. One deviation from upstream: random replacement tokens are
@@ -49,8 +50,8 @@ class MLMCollator:
     Calling it on ``[(key, block), ...]`` (``key``: a tuple of ints naming the sample, ``(epoch, index)`` and for a
     source of a mixture its stream key too, so its masks do not depend on where or when it is read) returns
     ``input_ids``, ``input_mask`` and ``labels`` (original id at predicted positions, :data:`IGNORE_INDEX`
-    elsewhere) as int64 tensors; with ``document_attention`` (needs ``sep_id``) also ``attention_mask`` (bool
-    ``[B, L, L]``) and ``position_ids``.
+    elsewhere) as int64 tensors; with ``document_attention`` (needs ``sep_id``) also ``document_ids`` and
+    ``position_ids`` (int64 ``[B, L]``).
     """
 
     def __init__(self, vocab_size: int, mask_id: int, pad_id: int, special_ids, seed: int, masking: str = "token",
@@ -135,19 +136,19 @@ class MLMCollator:
                  "labels": torch.from_numpy(np.stack(labels))}
         if self.document_attention:
             originals = np.stack([np.asarray(block, dtype=np.int64) for _, block in items])
-            attention, positions = document_masks(originals, np.stack(masks), self.sep_id)
-            batch.update(attention_mask=torch.from_numpy(attention), position_ids=torch.from_numpy(positions))
+            documents, positions = document_ids(originals, self.sep_id)
+            batch.update(document_ids=torch.from_numpy(documents), position_ids=torch.from_numpy(positions))
         return batch
 
 
-def document_masks(ids: np.ndarray, valid: np.ndarray, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Block-diagonal attention ``[B, L, L]`` (bool) and per-document positions ``[B, L]`` for packed blocks: a
-    document runs up to and including its ``[SEP]`` (the block's ``[CLS]`` belongs to the first one)."""
+def document_ids(ids: np.ndarray, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Document ids and per-document positions, both ``[B, L]`` int64, of packed blocks: a document runs up to and
+    including its ``[SEP]`` (the block's ``[CLS]`` belongs to the first one); ids count documents from 0 in each
+    row (padding after the last ``[SEP]`` gets the next id: it is masked anyway)."""
     is_sep = ids == sep_id
     document = np.cumsum(is_sep, axis=1) - is_sep
-    attention = (document[:, :, None] == document[:, None, :]) & valid[:, :, None] & valid[:, None, :]
     columns = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
     starts = np.ones_like(is_sep)
     starts[:, 1:] = document[:, 1:] != document[:, :-1]
     first = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
-    return attention, (columns - first).astype(np.int64)
+    return document.astype(np.int64), (columns - first).astype(np.int64)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..choices import ATTENTION_BACKENDS
-from .masks import padding_key_mask
+from .masks import kernel_masks
 from .ops import StableDropout, XSoftmax
 from .relative_position import build_relative_position, relative_position_columns
 
@@ -178,21 +178,27 @@ class DisentangledSelfAttention(nn.Module):
             return "eager"
         return "sdpa" if self.attention_backend == "auto" else self.attention_backend
 
-    def _flash_key_mask(self, q, query_states, relative_pos, attention_mask):
-        """The ``[B, L]`` key mask when the fused kernel applies, else None: it covers self-attention with the
-        encoder's own relative positions and a padding mask (the EMD's query subsets, custom positions and
-        document masks go to sdpa)."""
+    def uses_fused_kernel(self, device: torch.device, self_attention: bool = True) -> bool:
+        """Whether the fused kernel runs here: ``attention_backend=flash`` on a device it runs on, c2p + p2c
+        self-attention with a supported head size (the EMD's query subsets go to sdpa)."""
         from . import flash_attention  # noqa: PLC0415
 
-        if not (flash_attention.is_available(q.device) and self.relative_attention and query_states is None
-                and set(self.pos_att_type) == {"c2p", "p2c"} and q.size(-1) in (16, 32, 64, 128)):
+        return (self._backend(False) == "flash" and flash_attention.is_available(device) and self.relative_attention
+                and self_attention and set(self.pos_att_type) == {"c2p", "p2c"}
+                and self.attention_head_size in (16, 32, 64, 128))
+
+    def _flash_masks(self, q, query_states, relative_pos, attention_mask):
+        """(the ``[B, L]`` key mask, the ``[B, L]`` document ids or None) when the fused kernel applies, else None:
+        it covers self-attention with the encoder's own relative positions and a padding or document mask (custom
+        positions and other masks go to sdpa)."""
+        if not self.uses_fused_kernel(q.device, query_states is None):
             return None
         length = q.size(-2)
         standard = build_relative_position(length, length, q.device, self.position_buckets,
                                            self.max_relative_positions)
         if relative_pos is not None and relative_pos is not standard and not torch.equal(relative_pos, standard):
             return None
-        return padding_key_mask(attention_mask)
+        return kernel_masks(attention_mask)
 
     def forward(self, hidden_states, attention_mask, return_att=False, query_states=None, relative_pos=None,
                 rel_embeddings=None):
@@ -216,20 +222,17 @@ class DisentangledSelfAttention(nn.Module):
         if self.relative_attention and self.pos_att_type and rel_embeddings is None:
             raise ValueError("rel_embeddings is required when relative_attention is on")
         backend = self._backend(return_att)
-        key_mask = None
+        context = probs = None
         if backend == "flash":
-            key_mask = self._flash_key_mask(q, query_states, relative_pos, attention_mask)
-            backend = "flash" if key_mask is not None else "sdpa"
-        bias = None
-        if self.relative_attention and self.pos_att_type and backend != "flash":
-            bias = self.relative_attention_bias(q * scale, k, relative_pos, rel_embeddings, scale)
-
-        if backend == "flash":
-            context, probs = self._flash(q, k, v, key_mask, rel_embeddings, scale), None
-        elif backend == "sdpa":
-            context, probs = self._sdpa(q, k, v, bias, attention_mask, scale), None
-        else:
-            context, probs = self._eager(q, k, v, bias, attention_mask, scale)
+            context = self._fused(q, k, v, query_states, relative_pos, attention_mask, rel_embeddings, scale)
+        if context is None:
+            bias = None
+            if self.relative_attention and self.pos_att_type:
+                bias = self.relative_attention_bias(q * scale, k, relative_pos, rel_embeddings, scale)
+            if backend == "eager":
+                context, probs = self._eager(q, k, v, bias, attention_mask, scale)
+            else:
+                context = self._sdpa(q, k, v, bias, attention_mask, scale)
         context = context.transpose(-3, -2).reshape(*context.shape[:-3], context.size(-2), self.all_head_size)
         return (context, probs) if return_att else context
 
@@ -245,7 +248,15 @@ class DisentangledSelfAttention(nn.Module):
             probs_dropped = self.head_weights_proj(probs_dropped.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return torch.matmul(probs_dropped, v), probs
 
-    def _flash(self, q, k, v, key_mask, rel_embeddings, scale):
+    # torch.compile (impl.compile) stops here and runs the fused kernel as it is: it is compiled code already
+    # (Triton), and the masks it takes come from a side table the compiler cannot trace. Two graph breaks a layer.
+    @torch.compiler.disable
+    def _fused(self, q, k, v, query_states, relative_pos, attention_mask, rel_embeddings, scale):
+        """The context from the fused kernel, or None where it does not apply (the caller then uses sdpa)."""
+        masks = self._flash_masks(q, query_states, relative_pos, attention_mask)
+        return None if masks is None else self._flash(q, k, v, *masks, rel_embeddings, scale)
+
+    def _flash(self, q, k, v, key_mask, document_ids, rel_embeddings, scale):
         """The fused kernel with the tables of :mod:`.flash_attention`: ``c2p = (scale q) pos_key^T``,
         ``p2c^T = k (scale pos_query)^T`` and the table column of every relative distance."""
         from .flash_attention import flash_disentangled_attention  # noqa: PLC0415
@@ -258,7 +269,8 @@ class DisentangledSelfAttention(nn.Module):
         columns = relative_position_columns(q.size(-2), span, q.device, self.position_buckets,
                                             self.max_relative_positions)
         dropout = self.dropout.drop_prob if self.training else 0.0
-        return flash_disentangled_attention(q, k, v, c2p, p2c_t, columns, key_mask, scale, dropout)
+        return flash_disentangled_attention(q, k, v, c2p, p2c_t, columns, key_mask, scale, dropout,
+                                            document_ids=document_ids)
 
     def _sdpa(self, q, k, v, bias, attention_mask, scale):
         neg = torch.finfo(q.dtype).min

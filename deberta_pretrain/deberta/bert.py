@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .attention import DisentangledSelfAttention
-from .masks import extended_attention_mask
+from .masks import document_key_view, extended_attention_mask
 from .ops import ACT2FN, MaskedLayerNorm, StableDropout, layer_norm_for
 from .relative_position import build_relative_position
 
@@ -163,8 +163,19 @@ class BertEncoder(nn.Module):
             rel_embeddings = self.LayerNorm(rel_embeddings)
         return rel_embeddings
 
-    def get_attention_mask(self, attention_mask):
-        return extended_attention_mask(attention_mask)
+    def get_attention_mask(self, attention_mask, document_ids=None, fused: bool = False):
+        """The [B, 1, L, L] boolean mask the layers take. ``fused``: every layer runs the fused kernel, which reads
+        the [B, L] key mask (and document ids) remembered with the mask; with documents the mask is then a
+        key-mask view that allocates no L x L tensor."""
+        if fused and document_ids is not None and attention_mask.dim() <= 2:
+            return document_key_view(attention_mask, document_ids)
+        return extended_attention_mask(attention_mask, document_ids, remember=fused)
+
+    def uses_fused_kernel(self, device, query_states=None, relative_pos=None) -> bool:
+        """Whether every layer runs the fused attention kernel on this input (see
+        ``DisentangledSelfAttention.uses_fused_kernel``): self-attention with the encoder's own positions."""
+        return (query_states is None and relative_pos is None and len(self.layer) > 0
+                and self.layer[0].attention.self.uses_fused_kernel(device))
 
     def get_rel_pos(self, hidden_states, query_states=None, relative_pos=None):
         if self.relative_attention and relative_pos is None:
@@ -174,10 +185,12 @@ class BertEncoder(nn.Module):
         return relative_pos
 
     def forward(self, hidden_states, attention_mask, output_all_encoded_layers=True, return_att=False,
-                query_states=None, relative_pos=None):
-        """Returns ``{"hidden_states": [layer outputs], "attention_probs": [per layer, if return_att]}``."""
+                query_states=None, relative_pos=None, document_ids=None):
+        """Returns ``{"hidden_states": [layer outputs], "attention_probs": [per layer, if return_att]}``.
+        ``document_ids`` ([B, L], with a 2-D ``attention_mask``): tokens attend only within their document."""
         input_mask = attention_mask if attention_mask.dim() <= 2 else (attention_mask.sum(-2) > 0)
-        attention_mask = self.get_attention_mask(attention_mask)
+        fused = not return_att and self.uses_fused_kernel(hidden_states.device, query_states, relative_pos)
+        attention_mask = self.get_attention_mask(attention_mask, document_ids, fused)
         relative_pos = self.get_rel_pos(hidden_states, query_states, relative_pos)
         rel_embeddings = self.get_rel_embedding()
         all_layers, all_probs = [], []

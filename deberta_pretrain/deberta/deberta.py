@@ -70,17 +70,19 @@ class DeBERTa(nn.Module):
         report_load_result(result, str(self.pre_trained or "state dict"), strict=False)
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               output_all_encoded_layers=True, return_att=False, relative_pos=None):
+               output_all_encoded_layers=True, return_att=False, relative_pos=None, document_ids=None):
         """Forward pass returning everything the heads need: ``hidden_states`` (list, one per layer),
-        ``attention_probs``, ``embeddings``, ``position_embeddings`` (the EMD's z-states), ``attention_mask``."""
+        ``attention_probs``, ``embeddings``, ``position_embeddings`` (the EMD's z-states), ``attention_mask``,
+        ``document_ids``. ``document_ids`` ([B, L], with a 2-D ``attention_mask``): packed documents, each token
+        attends only within its own (pass ``position_ids`` restarting at each document with them)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         input_mask = attention_mask if attention_mask.dim() <= 2 else (attention_mask.sum(-2) > 0)
         ebd = self.embeddings(input_ids.long(), token_type_ids, position_ids, input_mask.to(torch.int))
         out = self.encoder(ebd["embeddings"], attention_mask, output_all_encoded_layers=output_all_encoded_layers,
-                           return_att=return_att, relative_pos=relative_pos)
+                           return_att=return_att, relative_pos=relative_pos, document_ids=document_ids)
         out.update(embeddings=ebd["embeddings"], position_embeddings=ebd["position_embeddings"],
-                   attention_mask=attention_mask)
+                   attention_mask=attention_mask, document_ids=document_ids)
         return out
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_all_encoded_layers=True,

@@ -71,9 +71,11 @@ class EnhancedMaskDecoder(nn.Module):
         z_states = encoded["position_embeddings"].expand(batch, -1, -1)
         query_states = torch.gather(z_states + hidden, 1, gather)
 
-        mask = encoded["attention_mask"]
+        mask, documents = encoded["attention_mask"], encoded.get("document_ids")
         if mask.dim() <= 2:
             key_mask = mask.to(torch.bool)[:, None, :].expand(-1, positions.size(1), -1)
+            if documents is not None:  # a predicted token sees its own document only
+                key_mask = key_mask & (torch.gather(documents, 1, positions)[:, :, None] == documents[:, None, :])
         else:
             key_mask = torch.gather(mask.to(torch.bool), 1, positions.unsqueeze(-1).expand(-1, -1, length))
         att_mask = (key_mask & valid.unsqueeze(-1)).unsqueeze(1)
@@ -107,9 +109,11 @@ class MaskedLanguageModel(NNModule):
         self.apply(self.init_weights)
 
     def forward(self, input_ids, input_mask=None, labels=None, position_ids=None, attention_mask=None,
-                token_type_ids=None, max_predictions: int | None = None):
+                token_type_ids=None, max_predictions: int | None = None, document_ids=None):
         """Args:
             input_ids: [B, L]; input_mask: [B, L] (1 = token); attention_mask: optional [B, L, L] (else input_mask).
+            document_ids: optional [B, L] ids of the packed documents (with ``position_ids`` restarting at each):
+                attention, the EMD and the loss of a document never see another one.
             labels: [B, L] target ids at predicted positions; other positions hold the ignore index -100 (or 0,
                 upstream's convention — [PAD] is never a target). Without labels every position is predicted.
             max_predictions: a bound on the predicted positions of any row (the masking cap). With it every shape
@@ -121,7 +125,7 @@ class MaskedLanguageModel(NNModule):
         (tensors), and ``positions``/``valid`` ([B, W]: where each row of ``logits`` comes from).
         """
         mask = attention_mask if attention_mask is not None else input_mask
-        encoded = self.deberta.encode(input_ids, mask, token_type_ids, position_ids)
+        encoded = self.deberta.encode(input_ids, mask, token_type_ids, position_ids, document_ids=document_ids)
         word_embeddings = self.deberta.embeddings.word_embeddings.weight
         if labels is None:
             positions = torch.arange(input_ids.size(1), device=input_ids.device).expand_as(input_ids)

@@ -42,7 +42,8 @@ def build_relative_position(query_size: int, key_size: int, device=None, bucket_
     are log-bucketed (see :func:`make_log_bucket_position`). The result is cached: do not modify it in place.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
-    return _cached_relative_position(int(query_size), int(key_size), int(bucket_size), int(max_position), device)
+    build = _cached_relative_position.__wrapped__ if torch.compiler.is_compiling() else _cached_relative_position
+    return build(int(query_size), int(key_size), int(bucket_size), int(max_position), device)  # compiled: in-graph
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,7 +61,8 @@ def relative_position_columns(length: int, span: int, device=None, bucket_size: 
     the c2p/p2c gather, as int32. The fused attention kernel looks distances up here; cached like
     :func:`build_relative_position` (do not modify it in place)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    return _cached_position_columns(int(length), int(span), int(bucket_size), int(max_position), device)
+    build = _cached_position_columns.__wrapped__ if torch.compiler.is_compiling() else _cached_position_columns
+    return build(int(length), int(span), int(bucket_size), int(max_position), device)
 
 
 def relative_position_from_ids(query_pos: torch.Tensor, key_pos: torch.Tensor, bucket_size: int = -1,

@@ -30,9 +30,19 @@ from .ops import ACT2FN
 SHARED_TABLES = ("word_embeddings", "position_embeddings")
 
 
+def document_starts(document_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] document ids (constant along each document) -> [B, L] the position where each token's document
+    starts."""
+    columns = torch.arange(document_ids.size(1), device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    return torch.cummax(torch.where(starts, columns, 0), dim=1).values
+
+
 class LMMaskPredictionHead(nn.Module):
     """Upstream's RTD head: ``classifier(act(dense(LayerNorm(H + H[:, 0]))))``, one logit per token (the [CLS] state
-    is added to every position; no LayerNorm after the activation)."""
+    is added to every position; no LayerNorm after the activation). With packed documents each token gets its own
+    document's first state instead, so that no document sees another one's."""
 
     def __init__(self, config):
         super().__init__()
@@ -41,8 +51,12 @@ class LMMaskPredictionHead(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.classifier = nn.Linear(config.hidden_size, 1)
 
-    def forward(self, hidden_states):
-        context = hidden_states[:, :1, :]
+    def forward(self, hidden_states, document_ids=None):
+        if document_ids is None:
+            context = hidden_states[:, :1, :]
+        else:
+            starts = document_starts(document_ids).unsqueeze(-1).expand(-1, -1, hidden_states.size(-1))
+            context = torch.gather(hidden_states, 1, starts)
         states = self.transform_act_fn(self.dense(self.LayerNorm(hidden_states + context)))
         return self.classifier(states).squeeze(-1)
 
@@ -58,12 +72,13 @@ class ReplacedTokenDetectionModel(NNModule):
         self.apply(self.init_weights)
 
     def forward(self, input_ids, input_mask=None, labels=None, position_ids=None, attention_mask=None,
-                token_type_ids=None):
-        """``labels``: [B, L], 1 where the token was replaced. Returns ``logits`` [B, L] and, with labels, ``loss``:
-        binary cross-entropy averaged over every token of ``input_mask`` ([CLS] and [SEP] included, as upstream)."""
+                token_type_ids=None, document_ids=None):
+        """``labels``: [B, L], 1 where the token was replaced; ``document_ids``: optional [B, L] ids of packed
+        documents (see ``MaskedLanguageModel``). Returns ``logits`` [B, L] and, with labels, ``loss``: binary
+        cross-entropy averaged over every token of ``input_mask`` ([CLS] and [SEP] included, as upstream)."""
         mask = attention_mask if attention_mask is not None else input_mask
-        encoded = self.deberta.encode(input_ids, mask, token_type_ids, position_ids)
-        logits = self.mask_predictions(encoded["hidden_states"][-1])
+        encoded = self.deberta.encode(input_ids, mask, token_type_ids, position_ids, document_ids=document_ids)
+        logits = self.mask_predictions(encoded["hidden_states"][-1], document_ids)
         out = {"logits": logits}
         if labels is not None:
             tokens = (input_mask if input_mask is not None else torch.ones_like(input_ids)).to(logits.dtype)
@@ -165,20 +180,21 @@ class RTDModel(nn.Module):
         share_embeddings(generator, discriminator, embedding_sharing)
 
     def forward(self, input_ids, input_mask, labels, sample_uniforms, max_predictions: int, position_ids=None,
-                attention_mask=None):
+                attention_mask=None, document_ids=None):
         """``labels`` as for the MLM (original ids at masked positions), ``sample_uniforms`` [B, max_predictions]
         in [0, 1). Returns ``loss``, its two terms ``generator_loss`` and ``discriminator_loss``, ``stats`` (a float
         tensor ordered as :data:`RTD_STATS`), the discriminator's input ``replaced_ids``, ``logits`` [B, L] and
         ``rtd_labels``."""
         gen = self.generator(input_ids, input_mask, labels, position_ids, attention_mask,
-                             max_predictions=max_predictions)
+                             max_predictions=max_predictions, document_ids=document_ids)
         positions, valid = gen["positions"], gen["valid"]
         with torch.no_grad():
             sampled = sample_replacements(gen["logits"].detach(), sample_uniforms.flatten(), self.temperature)
             current = torch.gather(input_ids, 1, positions)
             replaced_ids = input_ids.scatter(1, positions, torch.where(valid, sampled.view_as(positions), current))
             rtd_labels = (labels > 0) & (replaced_ids != labels)
-        disc = self.discriminator(replaced_ids, input_mask, rtd_labels, position_ids, attention_mask)
+        disc = self.discriminator(replaced_ids, input_mask, rtd_labels, position_ids, attention_mask,
+                                  document_ids=document_ids)
         loss = gen["loss"] + self.rtd_lambda * disc["loss"]
         with torch.no_grad():
             tokens = input_mask.bool()
