@@ -13,9 +13,14 @@ Steps (each timed; a failing step is recorded and the next one still runs), in t
                  L=512, built-in corpus) with ``flash`` and with ``sdpa``, a resume of the first, fp16 steps with
                  dynamic loss scaling, and a mixture of two sources (per-source records); losses, tokens/s and MFU
                  read back from each run's metrics.jsonl
+  5. speed_recipe
+                 benchmarks/throughput.py at L=512 with the speed switches: each backend (flash, sdpa) and
+                 objective=rtd compiled (impl.compile) against not compiled, and packed documents (document
+                 attention: the fused kernel's document ids against sdpa's L x L mask) against full blocks
 
 Output (``--out``, default benchmarks/results/<date>-<gpu>/): environment.json, gpu_tests.json, throughput.json,
-pretrain.json, summary.md and log.txt (every command's full output). The exit code is 0 only if every step passed.
+pretrain.json, speed_recipe.json, summary.md and log.txt (every command's full output). The exit code is 0 only if
+every step passed.
 """
 
 from __future__ import annotations
@@ -159,6 +164,33 @@ def throughput(args, log: Log) -> dict:
             errors += [f"L={row['length']} ours-flash: the fused kernel never ran (fell back to sdpa)"
                        for row in result["report"]["rows"] for r in row["results"]
                        if r["model"] == "ours-flash" and r.get("fused_kernel_used") is False]
+        if errors:
+            result["status"], result["errors"] = "failed", errors
+    return result
+
+
+# ---- 5. speed recipe --------------------------------------------------------------------------------------------
+def speed_recipe(args, log: Log) -> dict:
+    """Compiled vs not, packed documents vs full blocks, in one throughput run (last: it may use what is left)."""
+    json_path = os.path.join(args.work, "speed_recipe.json")
+    cmd = [sys.executable, "benchmarks/throughput.py", "--out", json_path, "--compile", "--documents"]
+    if args.dry_run:  # one compile of the tiny model proves the commands; the RTD compile is tests/test_compile.py's
+        cmd += ["--device", "cpu", "--model", "tiny", "--lengths", "32", "--tokens-per-step", "64", "--steps", "1",
+                "--warmup", "1", "--backends", "sdpa", "--hf-max-length", "0"]
+    else:
+        cmd += ["--rtd", "--model", "deberta-v3-base", "--dtype", "bf16", "--lengths", "512", "--tokens-per-step",
+                "16384", "--steps", "5", "--warmup", "2", "--backends", "flash", "sdpa", "--hf-max-length", "0"]
+    result = run_command(cmd, log, args.caps["speed_recipe"], args.budget)
+    result["status"] = "ok" if result["returncode"] == 0 and os.path.exists(json_path) else "failed"
+    if os.path.exists(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            result["report"] = json.load(f)
+        errors = [f"L={row['length']} {r['model']}: {r['error']}" for row in result["report"]["rows"]
+                  for r in row["results"] if "error" in r]
+        if not args.dry_run:
+            errors += [f"{r['model']}: the fused kernel never ran" for row in result["report"]["rows"]
+                       for r in row["results"]
+                       if r["model"].startswith("ours-flash") and not r.get("fused_kernel_used")]
         if errors:
             result["status"], result["errors"] = "failed", errors
     return result
@@ -337,7 +369,7 @@ def summary(results: dict, args) -> str:
              f"transformers {env['versions'].get('transformers')}, deepspeed {env['versions'].get('deepspeed')}"
              + (" — **dry run**: tiny sizes on the CPU, figures mean nothing" if args.dry_run else ""), "",
              "| step | status | seconds |", "|---|---|---|"]
-    for step in ("gpu_tests", "throughput", "pretrain"):
+    for step in ("gpu_tests", "throughput", "pretrain", "speed_recipe"):
         lines.append(f"| {step} | {results[step]['status']} | {results[step].get('seconds', '-')} |")
     report = results["throughput"].get("report")
     if report:
@@ -373,6 +405,20 @@ def summary(results: dict, args) -> str:
             lines.append(f"| {label} | {info['status']} | {fmt(m.get('first_loss'), '.3f')} | "
                          f"{fmt(m.get('last_loss'), '.3f')} | {fmt(m.get('tokens_per_s_median'))} | "
                          f"{fmt(m.get('mfu_median'), '.1%')} | {fmt(m.get('skipped_steps'), 'd')} |")
+    recipe = results["speed_recipe"].get("report")
+    if recipe:
+        lines += ["", "## Speed recipe (compiled vs not; packed documents vs full blocks)", "",
+                  "| L | contender | tokens/s | MFU | peak GiB | compiled / not | full block / documents (cost) |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in recipe["rows"]:
+            for r in row["results"]:
+                if "error" in r:
+                    lines.append(f"| {row['length']} | {r['model']} | error: {r['error'][:80]} | | | | |")
+                    continue
+                lines.append(f"| {row['length']} | {r['model']} | {fmt(r['tokens_per_s'])} | "
+                             f"{fmt(r.get('mfu'), '.1%')} | {fmt(r.get('peak_memory_gib'), '.2f')} | "
+                             f"{fmt(r.get('speedup_vs_not_compiled'), '.2f')} | "
+                             f"{fmt(r.get('cost_vs_full_block'), '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -381,17 +427,18 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: check every command runs")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<date>-<gpu>)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds for the whole check (default 450 on a GPU, 1800 in a dry run); a command that "
+                        help="seconds for the whole check (default 650 on a GPU, 1800 in a dry run); a command that "
                              "would run past it is cut short and recorded")
     parser.add_argument("--master-port", type=int, default=29533)
     args = parser.parse_args()
     if not args.dry_run and not cuda_available():
         print("error: no CUDA device; use --dry-run to check the steps on the CPU", file=sys.stderr)
         return 2
-    args.budget = Budget(args.budget or (1800 if args.dry_run else 450))
+    args.budget = Budget(args.budget or (1800 if args.dry_run else 650))
     # Each command's own limit, so that one hung step cannot take the others' time.
-    args.caps = ({"gpu_tests": 300, "throughput": 300, "prepare": 120, "run": 300} if args.dry_run else
-                 {"gpu_tests": 120, "throughput": 150, "prepare": 45, "run": 75})
+    args.caps = ({"gpu_tests": 300, "throughput": 300, "prepare": 120, "run": 300, "speed_recipe": 300}
+                 if args.dry_run else
+                 {"gpu_tests": 120, "throughput": 150, "prepare": 45, "run": 75, "speed_recipe": 200})
     if args.out is None:
         import torch  # noqa: PLC0415
 
@@ -403,7 +450,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
         args.work = work
         for name, step in (("environment", environment), ("gpu_tests", gpu_tests), ("throughput", throughput),
-                           ("pretrain", pretrain)):
+                           ("pretrain", pretrain), ("speed_recipe", speed_recipe)):
             start = time.perf_counter()
             try:
                 results[name] = step(args, log)

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh                     # on the GPU machine; results in benchmarks/results/<date>-<gpu>/
 #   bash benchmarks/gpu_check.sh --dry-run           # the same commands with tiny sizes on the CPU
-#   bash benchmarks/gpu_check.sh --out DIR --budget 450
+#   bash benchmarks/gpu_check.sh --out DIR --budget 650
 #
 # It runs on a GPU image as it is (python3 with CUDA torch, triton, transformers, pytest): what the project needs
 # beyond that is installed first, from the wheel folder .whl/ (GPU_CHECK_WHEELS; built where PyPI is reachable by

@@ -10,10 +10,17 @@ loads). HF's head has no Enhanced Mask Decoder, so ours runs without it too (``-
     python benchmarks/throughput.py --device cpu             # CPU: the tiny model, fp32, L = 128
     python benchmarks/throughput.py --model deberta-base --lengths 512 --tokens-per-step 16384
     python benchmarks/throughput.py --rtd                    # adds objective=rtd (generator of half depth + GDES)
+    python benchmarks/throughput.py --compile                # adds each backend under torch.compile (impl.compile)
+    python benchmarks/throughput.py --documents              # adds packed documents (data.document_attention)
 
 With ``--rtd`` each length also times a replaced-token-detection step (``RTDModel``: generator MLM with EMD,
 sampling, discriminator, GDES) with the first backend; its tokens/s count the discriminator's tokens and its MFU
 uses the generator's plus the discriminator's FLOPs.
+
+With ``--compile`` every contender of ours is also timed compiled (inductor; its warm-up steps compile), with
+``speedup_vs_not_compiled`` against the same backend in eager mode. With ``--documents`` every backend is also timed
+on the same blocks cut into documents of about L/4 tokens (``document_ids``: the fused kernel masks by document
+ids, sdpa and eager by a block-diagonal L x L mask), with ``cost_vs_full_block``.
 
 On a GPU the JSON also goes to benchmarks/results/<date>-<gpu>.json (``--out`` to choose).
 """
@@ -162,7 +169,22 @@ def rtd_forward(model, batch):
 
 
 def ours_forward(model, batch):
-    return model(batch["input_ids"], batch["mask"], batch["labels"])["loss"]
+    return model(batch["input_ids"], batch["mask"], batch["labels"], position_ids=batch.get("position_ids"),
+                 document_ids=batch.get("document_ids"))["loss"]
+
+
+def with_documents(batch: dict, length: int) -> dict:
+    """``batch`` with its rows cut into documents of about ``length / 4`` tokens (random lengths, fixed seed)."""
+    g = torch.Generator().manual_seed(1)
+    rows, positions = [], []
+    for _ in range(batch["input_ids"].size(0)):
+        cuts = torch.randint(max(1, length // 8), max(2, length // 2), (length,), generator=g).cumsum(0)
+        documents = torch.bucketize(torch.arange(length), cuts, right=True)
+        starts = torch.searchsorted(documents, documents)  # first position of each token's document
+        rows.append(documents)
+        positions.append(torch.arange(length) - starts)
+    device = batch["input_ids"].device
+    return dict(batch, document_ids=torch.stack(rows).to(device), position_ids=torch.stack(positions).to(device))
 
 
 def hf_forward(model, batch):
@@ -184,6 +206,8 @@ def parse_args() -> argparse.Namespace:
                         help="longest L at which our eager backend (which materialises the L x L scores) is run")
     parser.add_argument("--emd", action="store_true", help="our model with its Enhanced Mask Decoder")
     parser.add_argument("--rtd", action="store_true", help="also time objective=rtd (generator + discriminator)")
+    parser.add_argument("--compile", action="store_true", help="also time each of ours under torch.compile")
+    parser.add_argument("--documents", action="store_true", help="also time packed documents (document attention)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file (default on GPU: benchmarks/results/<date>-<gpu>)")
@@ -198,8 +222,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure_rtd(config, batch, length, args, device, dtype, peak) -> dict:
-    """One objective=rtd step with the first backend."""
+def measure_rtd(config, batch, length, args, device, dtype, peak, compiled: bool = False) -> dict:
+    """One objective=rtd step with the first backend (``compiled``: under torch.compile)."""
     from deberta_pretrain.data.masking import default_max_predictions  # noqa: PLC0415
 
     backend, batch_size = args.backends[0], batch["input_ids"].size(0)
@@ -209,7 +233,19 @@ def measure_rtd(config, batch, length, args, device, dtype, peak) -> dict:
     slots = max(default_max_predictions(length), int((batch["labels"] > 0).sum(1).max()))
     rtd_batch = dict(batch, sample_uniforms=torch.rand(batch_size, slots, device=device))
     rtd_flops = model_flops.rtd_flops_per_token(rtd.generator.config, config, length, 0.15, True, batch_size * length)
-    return measure(f"ours-rtd-{backend}", rtd, rtd_forward, rtd_batch, args, device, dtype, rtd_flops, peak)
+    name = f"ours-rtd-{backend}" + ("-compiled" if compiled else "")
+    return measure(name, compiled_model(rtd) if compiled else rtd, rtd_forward, rtd_batch, args, device, dtype,
+                   rtd_flops, peak)
+
+
+def compiled_model(model):
+    """``model`` compiled in place as ``impl.compile`` does (DeepSpeed's engine.compile: nn.Module.compile), after
+    forgetting what earlier contenders compiled."""
+    import torch._dynamo  # noqa: PLC0415
+
+    torch._dynamo.reset()
+    model.compile(backend="inductor")
+    return model
 
 
 def measure_length(config, length: int, args, device, dtype, peak) -> dict:
@@ -217,29 +253,49 @@ def measure_length(config, length: int, args, device, dtype, peak) -> dict:
     batch_size = max(1, args.tokens_per_step // length)
     batch = make_batch(config, batch_size, length, device)
     torch.manual_seed(0)
-    ours = MaskedLanguageModel(config, use_emd=args.emd).to(device).train()
-    state = {k: v.detach().cpu().clone() for k, v in ours.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in MaskedLanguageModel(config, use_emd=args.emd).state_dict().items()}
     flops = model_flops.flops_per_token(config, length, 0.15, args.emd, batch_size * length)
     results = {}
+    variants = [("", False, batch)]
+    if args.compile:
+        variants.append(("-compiled", True, batch))
+    if args.documents:
+        variants.append(("-documents", False, with_documents(batch, length)))
     for backend in args.backends:
         if backend == "eager" and length > args.eager_max_length:
             continue
-        set_attention_backend(ours, backend)
-        with counting_fused_kernel_calls() as calls:
-            row = measure(f"ours-{backend}", ours, ours_forward, batch, args, device, dtype, flops, peak)
-        row["fused_kernel_used"] = calls[0] > 0
-        results[f"ours-{backend}"] = row
-        ours.load_state_dict(state)  # every contender starts from the same weights
-    del ours
+        for suffix, compiled, inputs in variants:
+            torch.manual_seed(0)
+            ours = MaskedLanguageModel(config, use_emd=args.emd).to(device).train()
+            ours.load_state_dict(state)  # every contender starts from the same weights
+            set_attention_backend(ours, backend)
+            with counting_fused_kernel_calls() as calls:
+                row = measure(f"ours-{backend}{suffix}", compiled_model(ours) if compiled else ours, ours_forward,
+                              inputs, args, device, dtype, flops, peak)
+            row["fused_kernel_used"] = calls[0] > 0
+            results[row["model"]] = row
+            del ours
+        base = results[f"ours-{backend}"].get("tokens_per_s")
+        for suffix, key in (("-compiled", "speedup_vs_not_compiled"), ("-documents", "cost_vs_full_block")):
+            row = results.get(f"ours-{backend}{suffix}", {})
+            if base and "tokens_per_s" in row:
+                row[key] = round(row["tokens_per_s"] / base, 3) if suffix == "-compiled" else \
+                    round(base / row["tokens_per_s"], 3)
     if args.rtd:
         results[f"ours-rtd-{args.backends[0]}"] = measure_rtd(config, batch, length, args, device, dtype, peak)
+        if args.compile:
+            row = measure_rtd(config, batch, length, args, device, dtype, peak, compiled=True)
+            plain = results[f"ours-rtd-{args.backends[0]}"].get("tokens_per_s")
+            if plain and "tokens_per_s" in row:
+                row["speedup_vs_not_compiled"] = round(row["tokens_per_s"] / plain, 3)
+            results[row["model"]] = row
     if length <= args.hf_max_length:
         hf = hf_model(config, state).to(device).train()
         results["hf"] = measure("hf", hf, hf_forward, batch, args, device, dtype, flops, peak)
         del hf
     hf_tps = results.get("hf", {}).get("tokens_per_s")
     for key, row in results.items():
-        if key != "hf" and "-rtd-" not in key and hf_tps and "tokens_per_s" in row:
+        if key != "hf" and "-rtd-" not in key and "-documents" not in key and hf_tps and "tokens_per_s" in row:
             row["speedup_vs_hf"] = round(row["tokens_per_s"] / hf_tps, 3)
     return {"length": length, "batch": batch_size, "model_tflop_per_token": flops / 1e12,
             "results": list(results.values())}
@@ -261,7 +317,8 @@ def main() -> None:
     report = {"benchmark": "throughput", "date": datetime.date.today().isoformat(), "machine": machine(),
               "settings": {"model": args.model, "dtype": str(dtype).replace("torch.", ""), "device": str(device),
                            "tokens_per_step": args.tokens_per_step, "steps": args.steps, "warmup": args.warmup,
-                           "emd": args.emd, "peak_tflops": peak, "optimizer": "torch AdamW"},
+                           "emd": args.emd, "peak_tflops": peak, "optimizer": "torch AdamW",
+                           "compile": args.compile, "documents": args.documents},
               "rows": rows}
     text = json.dumps(report, indent=2)
     print(text)

@@ -68,6 +68,7 @@ class ImplSchema:
     attention_backend: str = MISSING
     use_emd: Optional[bool] = MISSING
     gradient_checkpointing: bool = MISSING
+    compile: bool = MISSING
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pretrain_helpers import ROOT
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_check  # noqa: E402
 
-STEPS = ("environment", "gpu_tests", "throughput", "pretrain")
+STEPS = ("environment", "gpu_tests", "throughput", "pretrain", "speed_recipe")
 
 
 @pytest.mark.slow
@@ -39,7 +39,12 @@ def test_dry_run_runs_every_step_and_writes_the_results_folder(tmp_path):
     assert resume["metrics"]["train_steps_logged"] == [8] and resume["metrics"]["steps_unique"]
     assert runs["fp16"]["status"].startswith("skipped")
     assert runs["mixture"]["status"] == "ok"  # two sources: per-source samples and validation records
+    recipe = {r["model"]: r for r in steps["speed_recipe"]["report"]["rows"][0]["results"]}
+    assert set(recipe) == {"ours-sdpa", "ours-sdpa-compiled", "ours-sdpa-documents"}
+    assert recipe["ours-sdpa-compiled"]["speedup_vs_not_compiled"] > 0
+    assert recipe["ours-sdpa-documents"]["cost_vs_full_block"] > 0
     summary = (out / "summary.md").read_text()
+    assert "## Speed recipe" in summary and "| speed_recipe | ok |" in summary
     assert "dry run" in summary and "| flash-resume | ok |" in summary and "| mixture | ok |" in summary
 
 

@@ -46,10 +46,12 @@ def test_trains_under_every_launcher_stage_and_precision(data, tmp_path, launche
 def test_resume_after_a_kill_is_exact(data, numbers_64, tmp_path, fault):
     """A 4-step run, and a run stopped midway then restarted: bit-equal parameters and identical logged losses.
     Dropout stays on, so the per-step RNG state must be restored as well. The killed run reads a mixture of two
-    sources (each with its own order and epochs), the interrupted one a single data.path."""
+    sources (each with its own order and epochs), the interrupted one a single data.path with document attention."""
     common = {"deepspeed.zero_stage": 1, "data.num_workers": 1, "model.vocab_size": 51000}
     if fault.startswith("sigkill"):
         common.update(mixture_overrides({"help": 0.7, "numbers": 0.3}, {"help": data, "numbers": numbers_64}))
+    else:
+        common["data.document_attention"] = True  # its batches carry document ids and positions: resumed alike
     run_pretrain(tiny_overrides(data, tmp_path, "straight", **common))
     first = run_pretrain(tiny_overrides(data, tmp_path, "stopped", **common),
                          env=fault_env(fault), check=False)

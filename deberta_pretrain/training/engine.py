@@ -29,13 +29,15 @@ class EngineSpec:
     total_steps: int
     groups: list
     global_key: str = "train.global_batch_size"  # the setting that gave global_batch_size, for errors
+    compile: bool = False  # torch.compile the model inside the engine (impl.compile)
 
     @classmethod
     def for_pretraining(cls, cfg, own_rates: dict | None = None) -> EngineSpec:
         """The spec of a pretraining run; ``own_rates``: the objective's parameter groups with their own rate."""
         train = cfg.train
         return cls(cfg.precision, train.micro_batch_size, train.global_batch_size, train.gradient_clipping,
-                   cfg.deepspeed, cfg.optim, train.max_steps, optimizers.group_settings(cfg.optim, own_rates))
+                   cfg.deepspeed, cfg.optim, train.max_steps, optimizers.group_settings(cfg.optim, own_rates),
+                   compile=bool(cfg.impl.compile))
 
 
 def uses_deepspeed_optimizer(spec: EngineSpec) -> bool:
@@ -135,4 +137,26 @@ def build_engine(model: torch.nn.Module, spec: EngineSpec, world_size: int, on_g
         scheduler = optimizers.build_scheduler(optimizer, spec.optim, spec.total_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=config)
+    if spec.compile:
+        # DeepSpeed compiles the module in place (nn.Module.compile): parameter names, and so checkpoints, are
+        # those of the eager module, and its ZeRO hooks stay outside the graph. Compilation happens at the first
+        # forward of each mode (training, evaluation).
+        engine.compile(backend="inductor")
     return engine
+
+
+def check_compiler(device: torch.device) -> None:
+    """``ValueError`` in one line when ``torch.compile`` cannot build code on ``device`` (impl.compile=true): a C++
+    compiler for inductor's CPU backend, Triton for GPUs. Compiles a two-operation function (a few seconds)."""
+    import torch._dynamo  # noqa: PLC0415
+
+    needs = "Triton (pip install triton)" if device.type == "cuda" else "a C++ compiler (g++ or clang++ on the PATH)"
+    try:
+        probe = torch.compile(lambda x: torch.relu(x) * 2 + 1, backend="inductor", fullgraph=True)
+        probe(torch.ones(8, device=device))
+    except Exception as e:  # noqa: BLE001 - any failure to build code means the same to the user
+        cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"impl.compile=true: torch.compile cannot build code on this machine ({cause}); it needs "
+                         f"{needs}. Install it or set impl.compile=false") from None
+    finally:
+        torch._dynamo.reset()

@@ -123,11 +123,17 @@ class TrainProgress:
                                                 if run.on_gpu else None)
         self.bar = progress_bar(cfg.train.max_steps, cfg.name, run.rank == 0 and cfg.logging.progress_bar,
                                 start_step)
+        # with impl.compile the first step of a start (and the evaluation before it) compiles the model
+        self.compile_clock = self.clock() if cfg.impl.compile and run.rank == 0 else None
 
     def add(self, stats) -> None:
         self.totals += stats
 
     def step_done(self, step: int, log_now: bool) -> None:
+        if self.compile_clock is not None:
+            logger.info("impl.compile: compiling the model and the first step of this start took %.1f s",
+                        self.clock() - self.compile_clock)
+            self.compile_clock = None
         self.window_steps += 1
         if log_now:
             self._log_train(step)

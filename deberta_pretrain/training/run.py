@@ -21,7 +21,7 @@ from ..deberta.vocabulary import load_tokenizer, vocab_identity
 from ..fileio import describe_folder, write_json_atomic
 from . import distributed, phases
 from .distributed import all_ranks_agree
-from .engine import EngineSpec, build_engine, check_engine_options
+from .engine import EngineSpec, build_engine, check_compiler, check_engine_options
 from ..objectives import build_objective
 from .initial_weights import objective_with_weights
 from .checkpoint import is_run_directory, usable_checkpoints
@@ -195,6 +195,8 @@ class Run:
                                  if cfg.train.init_optimizer else None)
         self.engine_spec = EngineSpec.for_pretraining(cfg, self.objective.param_rates())
         check_engine_options(self.engine_spec, self.world, self.on_gpu)
+        if cfg.impl.compile:
+            check_compiler(self.device)
         self.sampler = corpus.sampler(cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, self.world,
                                       self.rank)  # this rank's samples of every step
         self.warnings = settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs())

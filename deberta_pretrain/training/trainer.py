@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
@@ -44,7 +45,8 @@ def to_device(batch: dict, device) -> dict:
 
 def validation_totals(run: Run, collator, source: Source) -> torch.Tensor | None:
     """The objective's statistics summed over the first ``train.eval_samples`` validation blocks of ``source``
-    (fixed masks), all-reduced; None when it has none. Every rank runs the same number of forward passes (ZeRO-3
+    (fixed masks), all-reduced; None when it has none. Under ``impl.compile`` a short last batch is filled up
+    with blocks of padding, which hold no token and no prediction. Every rank runs the same number of forward passes (ZeRO-3
     gathers parameters collectively)."""
     engine, objective = run.engine, run.objective
     n = min(len(source.validation), run.cfg.train.eval_samples)
@@ -54,6 +56,9 @@ def validation_totals(run: Run, collator, source: Source) -> torch.Tensor | None
     totals = torch.zeros(len(objective.stat_names), dtype=torch.float64, device=run.device)
     for indices, real in padded_batches(n, batch_size, run.rank, run.world):
         items = [run.corpus.validation_item(source, i) for i in indices]
+        if run.cfg.impl.compile:  # one shape for the compiled model: a short last batch would compile again
+            items += [(key, np.full_like(block, run.tokenizer.pad_token_id)) for key, block in items[:1]] * (
+                batch_size - len(items))
         _, stats = objective.forward(engine, to_device(collator(items), run.device))
         totals += stats if real else 0.0 * stats
     dist.all_reduce(totals)
