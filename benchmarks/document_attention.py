@@ -3,7 +3,7 @@
 masked-token loss of each validation document encoded alone (a packed row with document attention is exactly that;
 tests/test_document_attention.py). Also the full-block loss of both, for what packing-aware training gives up.
 
-    python benchmarks/document_attention.py [--steps 300] [--length 128] [--out runs/doc-attention]
+    python benchmarks/document_attention.py [--steps 300] [--length 128] [--out outputs/doc-attention]
 
 Prints one JSON object: the machine, the settings, per run the validation loss and accuracy of documents alone and
 of packed blocks with full attention, and the differences. Runs on CPU in a few minutes (tiny model, fp32).
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--blocks", type=int, default=256, help="validation blocks evaluated")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "doc-attention"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "outputs", "doc-attention"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     data = short_documents(args.out, args.length)

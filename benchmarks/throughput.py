@@ -39,6 +39,7 @@ import torch
 
 from common import machine
 
+from deberta_pretrain.data.masking import default_max_predictions
 from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig, set_attention_backend
 from deberta_pretrain.deberta import flops as model_flops
 from deberta_pretrain.export import hf_config_dict
@@ -169,8 +170,9 @@ def rtd_forward(model, batch):
 
 
 def ours_forward(model, batch):
+    """As in training: static prediction slots (``max_predictions``), so that no step reads a count back."""
     return model(batch["input_ids"], batch["mask"], batch["labels"], position_ids=batch.get("position_ids"),
-                 document_ids=batch.get("document_ids"))["loss"]
+                 document_ids=batch.get("document_ids"), max_predictions=batch["slots"])["loss"]
 
 
 def with_documents(batch: dict, length: int) -> dict:
@@ -224,14 +226,11 @@ def parse_args() -> argparse.Namespace:
 
 def measure_rtd(config, batch, length, args, device, dtype, peak, compiled: bool = False) -> dict:
     """One objective=rtd step with the first backend (``compiled``: under torch.compile)."""
-    from deberta_pretrain.data.masking import default_max_predictions  # noqa: PLC0415
-
     backend, batch_size = args.backends[0], batch["input_ids"].size(0)
     torch.manual_seed(0)
     rtd = rtd_contender(config, device)
     set_attention_backend(rtd, backend)
-    slots = max(default_max_predictions(length), int((batch["labels"] > 0).sum(1).max()))
-    rtd_batch = dict(batch, sample_uniforms=torch.rand(batch_size, slots, device=device))
+    rtd_batch = dict(batch, sample_uniforms=torch.rand(batch_size, batch["slots"], device=device))
     rtd_flops = model_flops.rtd_flops_per_token(rtd.generator.config, config, length, 0.15, True, batch_size * length)
     name = f"ours-rtd-{backend}" + ("-compiled" if compiled else "")
     return measure(name, compiled_model(rtd) if compiled else rtd, rtd_forward, rtd_batch, args, device, dtype,
@@ -252,6 +251,7 @@ def measure_length(config, length: int, args, device, dtype, peak) -> dict:
     """Every contender at one sequence length, from the same weights and batch; ratios against HF."""
     batch_size = max(1, args.tokens_per_step // length)
     batch = make_batch(config, batch_size, length, device)
+    batch["slots"] = max(default_max_predictions(length), int((batch["labels"] > 0).sum(1).max()))
     torch.manual_seed(0)
     state = {k: v.detach().cpu().clone() for k, v in MaskedLanguageModel(config, use_emd=args.emd).state_dict().items()}
     flops = model_flops.flops_per_token(config, length, 0.15, args.emd, batch_size * length)

@@ -102,13 +102,23 @@ def test_compiled_mlm_equals_eager_and_checkpoints_are_interchangeable(python_he
 
 @pytest.mark.slow
 def test_compiled_rtd_equals_eager(python_help_64, tmp_path):
-    common = {**NO_DROPOUT, **TEN_STEPS, **RTD}
+    """RTD at ZeRO-2 with the optimizer offloaded (DeepSpeed's CPU-Adam): the compiled module inside that engine."""
+    common = {**NO_DROPOUT, **TEN_STEPS, **RTD, "deepspeed": "zero2-offload"}
     run_pretrain(tiny_overrides(python_help_64, tmp_path, "eager", **common))
     run_pretrain(tiny_overrides(python_help_64, tmp_path, "compiled", **common, **{"impl.compile": True}),
                  timeout=600)
     assert_close_losses(losses(tmp_path / "eager"), losses(tmp_path / "compiled"))
     keys = set(module_state(tmp_path / "compiled", 10))
     assert keys == set(module_state(tmp_path / "eager", 10)) and not [k for k in keys if "_orig_mod" in k]
+
+
+def test_zero3_is_refused_by_name(python_help_64, tmp_path):
+    result = run_pretrain(tiny_overrides(python_help_64, tmp_path, "run", deepspeed="zero3",
+                                         **{"impl.compile": True}), check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert "impl.compile=true does not work with deepspeed.zero_stage=3" in out
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_a_machine_without_a_compiler_is_told_in_one_line(python_help_64, tmp_path):

@@ -51,6 +51,11 @@ def check_engine_options(spec: EngineSpec, world_size: int, on_gpu: bool) -> int
     accumulation = accumulation_steps(spec.global_batch_size, spec.micro_batch_size, world_size, spec.global_key)
     if spec.deepspeed.offload and spec.deepspeed.zero_stage < 1:
         raise ValueError("deepspeed.offload needs deepspeed.zero_stage >= 1")
+    if spec.compile and spec.deepspeed.zero_stage == 3:
+        # Under ZeRO-3 the model reads partitioned parameters outside their modules' forward (the tied MLM decoder,
+        # the relative-position table), which torch.compile traces as empty tensors.
+        raise ValueError("impl.compile=true does not work with deepspeed.zero_stage=3 (partitioned parameters); use "
+                         "ZeRO 0-2 (deepspeed=zero2-offload offloads the optimizer) or impl.compile=false")
     if spec.precision == "fp16" and not on_gpu:
         raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
     zero = extra_options(spec).get("zero_optimization")
