@@ -193,3 +193,21 @@ def test_fine_tuning_uses_the_shared_engine_builder_with_zero_2(quickstart_shape
         records = [json.loads(line) for line in f]
     assert records and {r["split"] for r in records} == {"validation/custom"}
     assert all({"step", "accuracy", "train_loss", "seed", "lr"} <= set(r) for r in records)
+
+
+def test_nothing_learned_under_capped_steps_does_not_blame_the_rate():
+    """With train.max_steps or train.max_train_samples set, the advice is to lift the cap, not to change the rate."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from deberta_pretrain.finetune.suite import nothing_learned_warning
+
+    runs = [{"nothing_learned": "accuracy 0.5 = the majority class"}]
+    for train, advice in (({"max_steps": 5, "max_train_samples": None}, "cut short by train.max_steps=5: raise or "
+                                                                          "drop it before changing the rate"),
+                          ({"max_steps": None, "max_train_samples": None}, "the learning rate is likely too low")):
+        cfg = OmegaConf.create({"suite": None, "train": train})
+        point = {"lr": 2e-5, "epochs": 3, "batch_size": 32, "warmup_steps": None}
+        warning = nothing_learned_warning(cfg, SimpleNamespace(name="custom"), point, runs, [point])
+        assert warning.startswith("task custom: nothing was learned with lr 2e-05") and advice in warning, warning

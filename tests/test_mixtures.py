@@ -85,7 +85,8 @@ def test_one_data_path_reads_as_before_mixtures_existed():
     ("{web: {path: P, weight: lots}, wiki: {path: P2, weight: 1}}", "data.sources.web.weight must be a finite"),
     ("{web: {path: P, weight: inf}, wiki: {path: P2, weight: 1}}", "data.sources.web.weight must be a finite"),
     ("{web: {path: P, weight: 0}, wiki: {path: P2, weight: 0}}", "every share is zero"),
-    ("{web: {path: P, weight: 1}, wiki: {path: P, weight: 1}}", "web, wiki name the same data"),
+    ("{web: {path: P, weight: 1}, wiki: {path: P, weight: 1}}", "web (P), wiki (P) are the same data"),
+    ("{web: {path: P, weight: 1}, wiki: {path: LINK, weight: 1}}", "web (P), wiki (LINK) are the same data"),
     ("{web: {path: FILE, weight: 1}}", "data.sources.web.path: FILE is a file"),
     ("{web: {path: RUN, weight: 1}}", "data.sources.web.path: RUN is not prepared data (no manifest.json; it holds "
                                       "metrics.jsonl"),
@@ -104,11 +105,12 @@ def test_bad_sources_are_named_before_anything_runs(python_help_64, tmp_path, so
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     (tmp_path / "notes.txt").write_text("text\n")
     shutil.copytree(python_help_64, tmp_path / "copy")
-    paths = {"P2": str(tmp_path / "copy"), "P": str(python_help_64), "Q": str(tmp_path / "missing"),
+    (tmp_path / "link").symlink_to(python_help_64)  # the same prepared data under another path
+    paths = {"LINK": str(tmp_path / "link"), "P2": str(tmp_path / "copy"), "P": str(python_help_64), "Q": str(tmp_path / "missing"),
              "EMPTY": str(tmp_path / "empty"), "FILE": str(tmp_path / "notes.txt"), "RUN": str(tmp_path / "run")}
     for placeholder, path in paths.items():
         sources = sources.replace(f"path: {placeholder}", f"path: {path}")
-        message = message.replace(f" {placeholder}", f" {path}")
+        message = message.replace(f" {placeholder}", f" {path}").replace(f"({placeholder})", f"({path})")
     with pytest.raises((ValueError, OSError)) as error:  # as Run reports them: one line each, exit 1
         cfg = compose_pretrain("name=x", f"data.sources={sources}")
         validate(cfg)

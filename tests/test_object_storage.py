@@ -159,7 +159,7 @@ def test_storage_down_during_training(python_help_64, s3, tmp_path, monkeypatch)
         time.sleep(0.1)
     second.stop()
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == 3, output[-3000:]  # trained, but not mirrored: a job script can tell
     assert "checkpoints not uploaded to" in output and "step_00000006" in output
     local = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
     assert "step_00000006" in local and len([t for t in local if t.startswith("step_")]) >= 2  # kept beyond 1

@@ -2,6 +2,10 @@
 precision; exact resume after SIGKILL and Ctrl-C; start-up errors."""
 
 
+import hashlib
+import os
+import re
+
 import pytest
 import torch
 
@@ -86,7 +90,7 @@ def test_resume_after_a_kill_is_exact(data, numbers_64, tmp_path, fault):
 def test_bad_overrides_fail_before_training_and_touch_nothing(data, tmp_path, override, message):
     overrides = [o for o in tiny_overrides(data, tmp_path, "bad") if o.split("=")[0] != override.split("=")[0]]
     result = run_pretrain(overrides + [override], check=False, timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 1  # bad input (docs/resume-and-faults.md: exit codes)
     assert message in result.stdout + result.stderr
     assert not (tmp_path / "bad").exists()
 
@@ -98,8 +102,47 @@ def test_missing_data_path_is_named(tmp_path):
     assert not (tmp_path / "nodata").exists()
 
 
-def test_document_attention_and_span_masking_train(data, tmp_path):
-    run_pretrain(tiny_overrides(data, tmp_path, "docs", **{"data.document_attention": True, "data": "span"}))
-    assert_trained(tmp_path / "docs")
-    saved = open(tmp_path / "docs" / ".hydra" / "config.yaml").read()
+def file_hashes(folder) -> dict:
+    return {os.path.relpath(os.path.join(root, name), folder):
+            hashlib.sha256(open(os.path.join(root, name), "rb").read()).hexdigest()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_document_attention_train_and_the_log_tells_the_run(data, tmp_path):
+    """A run with document attention and span masking trains; its train.log records it from start to end, with time
+    stamps; the same command again says the run is finished and changes nothing; a phase started under the same
+    name is told that it resumes the run, and how to start a phase."""
+    common = {"data.document_attention": True, "data": "span", "model.max_position_embeddings": 64}
+    run_pretrain(tiny_overrides(data, tmp_path, "docs", **common))
+    run_dir = tmp_path / "docs"
+    assert_trained(run_dir)
+    saved = open(run_dir / ".hydra" / "config.yaml").read()
     assert "document_attention: true" in saved and "masking: span" in saved
+    lines = (run_dir / "train.log").read_text().splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ", line) for line in lines), lines
+    text = "\n".join(lines)
+    expected = [f"data: {data}: ", "training and ", f"run docs in {run_dir}: settings ", "starting at step 0 of 4: "
+                "objective mlm, ", "validation at step 0: loss ", f"checkpoint of step 2 saved: {run_dir}",
+                "validation at step 4: loss ", f"finished {run_dir} at step 4. Next: export: python launch/export.py "
+                f"checkpoint={run_dir} output=release/docs; plots: python launch/plot.py run={run_dir}"]
+    positions = [text.find(part) for part in expected]
+    assert -1 not in positions and positions == sorted(positions), list(zip(expected, positions))
+
+    before = file_hashes(run_dir)
+    again = run_pretrain(tiny_overrides(data, tmp_path, "docs", **common))
+    assert f"{run_dir} is finished: its checkpoint is at step 4 of train.max_steps=4; nothing was trained or " \
+           "changed" in again.stdout + again.stderr
+    assert file_hashes(run_dir) == before
+
+    from deberta_pretrain.data.prepare import prepare
+
+    longer = tmp_path / "blocks-128"
+    prepare({"output": str(longer), "source": {"type": "python-help"}, "vocab": None, "engine": "auto",
+             "max_seq_length": 128, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 1,
+             "num_proc": 1, "overwrite": False}, progress=False)
+    phase = run_pretrain(tiny_overrides(longer, tmp_path, "docs", **{**common, "model.max_position_embeddings": 128,
+                                                                     "model.init_from": run_dir}), check=False)
+    out = phase.stdout + phase.stderr
+    assert phase.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert f"this command resumes the run in {run_dir}" in out and f"name=<new> model.init_from={run_dir}" in out
+    assert file_hashes(run_dir) == before

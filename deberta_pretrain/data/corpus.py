@@ -90,11 +90,13 @@ class Corpus:
     def locate(self, copy_here: bool) -> None:
         """Check that every source exists; with ``data.stage_dir`` (and always for a source in object storage), point
         at the node-local copies (made here when ``copy_here``: the first rank of each node)."""
-        paths = [os.path.abspath(s.path) if not remote.is_remote(s.path) else s.path for s in self.sources]
+        # real paths: a symbolic link to a dataset is the same data (it would be read with double weight)
+        paths = [os.path.realpath(s.path) if not remote.is_remote(s.path) else s.path for s in self.sources]
         for path in {p for p in paths if paths.count(p) > 1}:
-            names = [s.name for s, p in zip(self.sources, paths) if p == path]
-            raise ValueError(f"data.sources: {', '.join(names)} name the same data ({path}); give it once, with the "
-                             f"sum of their weights")
+            same = [s for s, p in zip(self.sources, paths) if p == path]
+            named = ", ".join(f"{s.name} ({s.path})" for s in same)
+            raise ValueError(f"data.sources: {named} are the same data ({path}); give it once, with the sum of "
+                             f"their weights")
         for source in self.sources:
             if remote.is_remote(source.path):
                 remote.check_reachable(source.path, source.key)

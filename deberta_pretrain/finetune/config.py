@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import ListConfig, MISSING, OmegaConf
 
 from ..config import PRECISIONS, WANDB_MODES
 from ..config_keys import check_keys
@@ -95,7 +95,7 @@ class SuiteSchema:
 class FinetuneSchema:
     checkpoint: str = MISSING
     output: Optional[str] = MISSING
-    seeds: list = MISSING
+    seeds: Any = MISSING  # a list; any type here, so that seeds=3 gets our message rather than a type error
     precision: str = MISSING
     export: bool = MISSING
     from_scratch: bool = MISSING
@@ -128,6 +128,11 @@ def validate_finetune(cfg) -> None:
         raise ValueError(f"no value for {', '.join(missing)}")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision: {cfg.precision!r} is not one of {PRECISIONS}")
+    if isinstance(cfg.seeds, int) and not isinstance(cfg.seeds, bool):
+        raise ValueError(f"seeds={cfg.seeds} is not a list of seeds: write seeds='[{cfg.seeds}]' for the one seed "
+                         f"{cfg.seeds}, or seeds='[1,2,3]' for three seeds")
+    if not isinstance(cfg.seeds, (list, tuple, ListConfig)):
+        raise ValueError(f"seeds: a list of distinct integers, e.g. seeds='[1,2,3]', got {cfg.seeds!r}")
     if not cfg.seeds:
         raise ValueError("seeds: at least one seed")
     seeds = list(cfg.seeds)

@@ -283,8 +283,11 @@ def nothing_learned_warning(cfg, task, chosen: dict, chosen_runs: list, points: 
     if not reasons or 2 * len(reasons) < len(chosen_runs):
         return None
     key = "+suite.overrides.recipe.lr" if cfg.suite else "task.recipe.lr"
+    capped = [f"train.{k}={cfg.train[k]}" for k in ("max_steps", "max_train_samples") if cfg.train[k] is not None]
+    remedy = (f"the run was cut short by {' and '.join(capped)}: raise or drop it before changing the rate"
+              if capped else advice(chosen, points, key))
     return (f"task {task.name}: nothing was learned with {describe(chosen, points) or 'lr {:g}'.format(chosen['lr'])}"
-            f" ({len(reasons)} of {len(chosen_runs)} seeds; {reasons[0]}); {advice(chosen, points, key)}")
+            f" ({len(reasons)} of {len(chosen_runs)} seeds; {reasons[0]}); {remedy}")
 
 
 def export_chosen(record: dict, task, chosen: dict, chosen_runs: list, states: dict, pretrained, data,
@@ -311,6 +314,7 @@ def write_results(results: dict, out: str, log: MetricsLogger) -> None:
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
+    print(f"wrote {out} (results.md, results.json, metrics.jsonl)")
     if log.wandb_run is not None:
         log.wandb_run.summary.update({f"{name}/{metric}": value["median"] for name, task in results["tasks"].items()
                                       for metric, value in task["summary"].items()})

@@ -238,9 +238,9 @@ def report(evaluation: dict, task_name: str, seed: int, rank: int, log, bar) -> 
         log.log({"split": f"validation/{task_name}", "task": task_name, "seed": seed, **evaluation})
     if rank == 0:
         logger.info("%s seed %d step %d: %s", task_name, seed, evaluation["step"],
-                    ", ".join(f"{k} {_number(v)}" for k, v in evaluation.items() if k != "step"))
+                    ", ".join(f"{k} {_number(v, k)}" for k, v in evaluation.items() if k != "step"))
     if bar is not None:
-        bar.set_postfix(**{k: _number(v) for k, v in evaluation.items() if k != "step"})
+        bar.set_postfix(**{k: _number(v, k) for k, v in evaluation.items() if k != "step"})
 
 
 def training_loss(losses: list, step: int, world: int, what: str) -> float:
@@ -258,5 +258,8 @@ def training_loss(losses: list, step: int, world: int, what: str) -> float:
     return float(values.mean())
 
 
-def _number(value) -> str:
-    return "null" if value is None else f"{value:.4f}"
+def _number(value, key: str = "") -> str:
+    """Scores to 4 decimals; the learning rate exactly as configured (5e-05 must not read 0.0001)."""
+    if value is None:
+        return "null"
+    return f"{value:g}" if key == "lr" else f"{value:.4f}"

@@ -167,9 +167,12 @@ class TrainProgress:
         self.window_start, self.window_steps = self.clock(), 0
 
     def log_validation(self, step: int, results: dict[str, dict]) -> None:
-        """Log the records of ``evaluate`` ({split: metrics})."""
+        """Log the records of ``evaluate`` ({split: metrics}), and a line each in train.log."""
         for split, result in results.items():
             self.log.log({"step": step, "split": split, **result})
+            if self.log.enabled:
+                shown = [key for key in ("loss", "accuracy", *self.objective.progress_keys, "auc") if key in result]
+                logger.info("%s at step %d: %s", split, step, ", ".join(f"{key} {result[key]:.4f}" for key in shown))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -82,6 +82,7 @@ class RunMirror:
         self.url = remote_run(remote_dir, name) if remote_dir and enabled else None
         self.uploaded: set[str] = set()
         self.failed: dict[str, str] = {}
+        self.pending: list[str] = []  # after close: the complete local checkpoints that did not reach the mirror
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUED)
         self._thread = None
 
@@ -101,6 +102,12 @@ class RunMirror:
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every complete local checkpoint has reached the mirror (True without a mirror); read after
+        leaving the context."""
+        return not self.pending
 
     def _local(self, tag: str) -> str:
         return os.path.join(self.run_dir, "checkpoints", tag)
@@ -122,6 +129,7 @@ class RunMirror:
         self._thread.join(timeout)
         pending = [t for t in checkpoint_tags(os.path.join(self.run_dir, "checkpoints"))
                    if read_marker(self._local(t)) is not None and t not in self.uploaded]
+        self.pending = pending + (["(uploads still running)"] if self._thread.is_alive() and not pending else [])
         if self._thread.is_alive() or pending:
             why = "; ".join(f"{tag}: {self.failed[tag]}" for tag in pending if tag in self.failed)
             logger.warning("checkpoints not uploaded to %s: %s%s. They stay in %s; the next start of this run "
@@ -134,6 +142,7 @@ class RunMirror:
             try:
                 self._with_retries(f"checkpoint {tag}", lambda t=tag: self._upload_checkpoint(t))
                 self.uploaded.add(tag)
+                logger.info("checkpoint %s uploaded to %s", tag, remote.join(self.url, "checkpoints", tag))
                 self.failed.pop(tag, None)
                 self._with_retries("run files", self._upload_run_files)
                 self._with_retries("pruning", self._prune)

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from .. import remote
 from ..data.corpus import Corpus
 from ..deberta import ModelConfig
 from ..deberta.vocabulary import load_tokenizer, vocab_identity
-from ..fileio import describe_folder, write_json_atomic
+from ..fileio import atomic_write, describe_folder, write_json_atomic
 from . import distributed, phases
 from .distributed import all_ranks_agree
 from .engine import EngineSpec, build_engine, check_compiler, check_engine_options
@@ -26,6 +27,7 @@ from ..objectives import build_objective
 from .initial_weights import objective_with_weights
 from .checkpoint import is_run_directory, usable_checkpoints
 from .mirror import fetch_checkpoint
+from .run_log import RunLog, settings_digest
 
 logger = logging.getLogger("deberta_pretrain")
 RUNTIME_MODEL_KEYS = ("init_from",)  # in the model group, but not part of the release config
@@ -43,7 +45,6 @@ class StopRequest:
 
     def __init__(self, run_dir: str, rank: int):
         self.signalled = False
-        self.interrupted = False  # by Ctrl-C: the run then exits with status 130, as an interrupted command does
         self.stop_file = os.path.join(run_dir, STOP_FILE) if rank == 0 else None
         self._previous = {}
 
@@ -58,7 +59,6 @@ class StopRequest:
     def _handle(self, signum, frame):
         self.signalled = True
         if signum == signal.SIGINT:
-            self.interrupted = True
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C ends the process without delay
             logger.warning("Ctrl-C: will checkpoint and stop after this step (Ctrl-C again to exit at once)")
             return
@@ -126,8 +126,9 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 class Run:
     """Everything checked and built before the first step."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, run_log: RunLog):
+        self.cfg, self.run_log = cfg, run_log
+        self.resuming = False  # set once the objective is built: whether the run's own checkpoint is resumed
         self.rank, self.world, self.local_rank = distributed.init_distributed()
         self.on_gpu = not distributed.on_cpu()
         self.device = torch.device(f"cuda:{self.local_rank}" if self.on_gpu else "cpu")
@@ -187,7 +188,7 @@ class Run:
                                  f"vocabulary ({self.tokenizer.vocab_size} ids in {vocab_path})")
             if length > model_config.max_position_embeddings:
                 raise ValueError(f"blocks of {length} tokens exceed {key}.max_position_embeddings "
-                                 f"({model_config.max_position_embeddings})")
+                                 f"({model_config.max_position_embeddings}){self._resume_hint()}")
         if cfg.data.max_seq_length is not None and cfg.data.max_seq_length != length:
             raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length}, but {corpus.sources[0].path} holds "
                              f"blocks of {length} tokens; prepare the data again or drop the override")
@@ -201,15 +202,29 @@ class Run:
                                       self.rank)  # this rank's samples of every step
         self.warnings = settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs())
         if self.rank == 0:
+            for source in corpus.sources:
+                logger.info("data: %s: %d training and %d validation blocks of %d tokens%s", source.label,
+                            len(source.train), len(source.validation), length,
+                            f", share {source.share:.3g}" if corpus.mixture else "")
             for warning in self.warnings:
                 logger.warning(warning)
+
+    def _resume_hint(self) -> str:
+        """For errors about the model of a run that resumes: it is the recorded model, not this command's."""
+        if not self.resuming:
+            return ""
+        return (f"; but this command resumes the run in {self.run_dir} (it holds checkpoints), whose model is the one "
+                f"it recorded in model_config.json, not this command's model settings. To start a new phase from it, "
+                f"give the phase its own name: name=<new> model.init_from={self.run_dir}")
 
     def _objective(self, vocab: dict, length: int):
         """The objective with its starting weights; a run that resumes builds the models its directory recorded
         (``model_config.json``, ``generator_config.json``) and takes its weights from its own checkpoint: what
         ``model.init_from`` named is not read again (it may be gone)."""
         cfg, recorded = self.cfg, os.path.join(self.run_dir, "model_config.json")
-        if not (os.path.isfile(recorded) and usable_checkpoints(os.path.join(self.run_dir, "checkpoints"))[0]):
+        self.resuming = os.path.isfile(recorded) and bool(usable_checkpoints(os.path.join(self.run_dir,
+                                                                                           "checkpoints"))[0])
+        if not self.resuming:
             return objective_with_weights(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
         if cfg.model.init_from and self.rank == 0:
             logger.info("resuming: the weights come from the run's own checkpoint; model.init_from=%s is not read",
@@ -220,19 +235,19 @@ class Run:
         return build_objective(cfg, ModelConfig.from_json_file(recorded), self.tokenizer, length, None, generator)
 
     def prepare_run_dir(self) -> None:
+        """Write the run directory's records (config, model configs, vocabulary) and start its train.log."""
         if self.rank == 0:
             os.makedirs(os.path.join(self.run_dir, ".hydra"), exist_ok=True)
-            OmegaConf.save(self.cfg, os.path.join(self.run_dir, ".hydra", "config.yaml"), resolve=True)
+            settings = OmegaConf.to_yaml(self.cfg, resolve=True)
+            atomic_write(os.path.join(self.run_dir, ".hydra", "config.yaml"), lambda f: f.write(settings.encode()))
+            self.run_log.open(self.run_dir)
+            logger.info("run %s in %s: settings %s (.hydra/config.yaml), command: %s", self.cfg.name, self.run_dir,
+                        settings_digest(settings), " ".join(sys.argv[1:]) or "(defaults)")
             for name, model_config in self.objective.model_configs().items():
                 write_json_atomic(os.path.join(self.run_dir, f"{name}_config.json"), model_config.to_dict())
             if os.path.exists(os.path.join(self.run_dir, STOP_FILE)):  # it stopped the previous start
                 os.remove(os.path.join(self.run_dir, STOP_FILE))
             shutil.copyfile(self.vocab_path, os.path.join(self.run_dir, os.path.basename(self.vocab_path)))
-            handler = logging.FileHandler(os.path.join(self.run_dir, "train.log"))
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            logging.getLogger().addHandler(handler)
-            for warning in self.warnings:  # said on the console before the log existed
-                handler.handle(logger.makeRecord(logger.name, logging.WARNING, __file__, 0, warning, None, None))
         dist.barrier()
 
     def build_engine(self, load_universal: bool = False):

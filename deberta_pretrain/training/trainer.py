@@ -14,12 +14,13 @@ from omegaconf import OmegaConf
 from ..data.corpus import Corpus, Source
 from ..data.sampler import StepSampler
 from . import metrics, optim
-from .checkpoint import CheckpointError, Checkpointer
+from .checkpoint import CheckpointError, Checkpointer, tag_for
 from .distributed import padded_batches
 from .phases import engine_with_moments
 from .resume_settings import check_changes, record_changes
 from .mirror import RunMirror
 from .run import Run, StopRequest, ignore_interrupts, step_seed
+from .run_log import RunLog
 
 logger = logging.getLogger("deberta_pretrain")
 
@@ -163,13 +164,44 @@ def start_or_resume(run: Run, checkpointer: Checkpointer):
     changes recorded, or started fresh; the run directory is written only now, so that a refused resume leaves every
     file as it was."""
     engine, start_step, saved_state, changes = resume_or_start(run, checkpointer)
+    if start_step >= run.cfg.train.max_steps:
+        raise RunFinished(start_step)
     if start_step:
         optim.apply_settings(engine, run.engine_spec.optim, run.engine_spec.groups)
     run.prepare_run_dir()
     if start_step and run.rank == 0:
-        logger.info("resuming %s from step %d", run.run_dir, start_step)
+        logger.info("resuming %s from step %d (checkpoint %s)", run.run_dir, start_step,
+                    checkpointer.path(tag_for(start_step)))
         record_changes(changes, run.run_dir, start_step)
+    elif run.rank == 0:
+        logger.info("starting at step 0 of %d: %s", run.cfg.train.max_steps, describe_start(run, engine))
     return engine, start_step, saved_state
+
+
+class RunFinished(Exception):
+    """The run's checkpoint is at ``train.max_steps`` already: there is nothing to train."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+def describe_start(run: Run, engine) -> str:
+    """What is trained, how, and on how many processes, in one line for train.log."""
+    cfg, sampler = run.cfg, run.sampler
+    parameters = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    return (f"objective {cfg.objective}, {parameters:,} parameters, {cfg.precision}, ZeRO stage "
+            f"{cfg.deepspeed.zero_stage}{' with offload' if cfg.deepspeed.offload else ''}, {run.world} process"
+            f"{'es' if run.world > 1 else ''}; {cfg.train.global_batch_size} blocks a step (micro batch "
+            f"{cfg.train.micro_batch_size} x accumulation {sampler.accumulation} x {run.world}), optim.lr "
+            f"{cfg.optim.lr:g} with {cfg.optim.schedule} schedule")
+
+
+def next_steps(run_dir: str, name: str) -> str:
+    """The commands that usually come after pretraining, for the end of the log."""
+    return (f"export: python launch/export.py checkpoint={run_dir} output=release/{name}; plots: python "
+            f"launch/plot.py run={run_dir}; fine-tuning: python launch/finetune.py checkpoint={run_dir} "
+            f"task=<task> (or suite=glue)")
 
 
 def micro_batch_stream(run: Run, sampler: StepSampler, start_step: int):
@@ -181,23 +213,42 @@ def micro_batch_stream(run: Run, sampler: StepSampler, start_step: int):
         num_workers=cfg.data.num_workers, pin_memory=run.on_gpu, worker_init_fn=ignore_interrupts))
 
 
+EXIT_STOPPED = 130  # a stop request (Ctrl-C, SIGTERM, SIGUSR1, a STOP file) ended the run with a checkpoint
+EXIT_NOT_MIRRORED = 3  # training finished, but checkpoints did not reach train.remote_dir (the next start uploads)
+
+
 def pretrain(cfg) -> dict:
-    """Run (or resume) the pretraining described by ``cfg``; returns the last logged training metrics."""
-    run = Run(cfg)
-    checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank, run.world,
-                                cfg.deepspeed.zero_stage)
-    with RunMirror(run.run_dir, cfg.train.remote_dir, cfg.name, cfg.train.keep_last, run.rank == 0) as mirror:
-        checkpointer.retain = mirror.keeps
-        last, interrupted = train(run, checkpointer, mirror)
-    if run.rank == 0:
-        checkpointer.prune()  # what waited for its upload
-    if interrupted:
-        raise SystemExit(130)
-    return last
+    """Run (or resume) the pretraining described by ``cfg``; returns the last logged training metrics. Ends with
+    ``SystemExit`` of :data:`EXIT_STOPPED` or :data:`EXIT_NOT_MIRRORED` when the run did not finish completely (a job
+    script can tell; see docs/resume-and-faults.md)."""
+    with RunLog(enabled=os.environ.get("RANK", "0") == "0") as run_log:
+        run = Run(cfg, run_log)
+        checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank,
+                                    run.world, cfg.deepspeed.zero_stage)
+        with RunMirror(run.run_dir, cfg.train.remote_dir, cfg.name, cfg.train.keep_last, run.rank == 0) as mirror:
+            checkpointer.retain = mirror.keeps
+            try:
+                last, stopped = train(run, checkpointer, mirror)
+            except RunFinished as finished:
+                if run.rank == 0:
+                    logger.info("%s is finished: its checkpoint is at step %d of train.max_steps=%d; nothing was "
+                                "trained or changed (raise train.max_steps to train further). Next: %s",
+                                run.run_dir, finished.step, cfg.train.max_steps, next_steps(run.run_dir, cfg.name))
+                return {}
+        if run.rank == 0:
+            checkpointer.prune()  # what waited for its upload
+        if stopped:
+            raise SystemExit(EXIT_STOPPED)
+        if not mirror.complete:
+            raise SystemExit(EXIT_NOT_MIRRORED)
+        if run.rank == 0:
+            logger.info("finished %s at step %d%s. Next: %s", run.run_dir, cfg.train.max_steps,
+                        f", mirrored to {mirror.url}" if mirror.url else "", next_steps(run.run_dir, cfg.name))
+        return last
 
 
 def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict, bool]:
-    """The loop: (the last logged training metrics, whether Ctrl-C stopped it)."""
+    """The loop: (the last logged training metrics, whether a stop request ended it early)."""
     cfg = run.cfg
     engine, start_step, saved_state = start_or_resume(run, checkpointer)
     objective = run.objective
@@ -211,7 +262,7 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
 
     if start_step == 0:  # the untrained baseline, so curves and comparisons start from where training started
         progress.log_validation(0, evaluate(run, eval_collator))
-    step = start_step
+    step, stop_requested = start_step, False
     with StopRequest(run.run_dir, run.rank) as stop:
         while step < cfg.train.max_steps:
             torch.manual_seed(step_seed(cfg.seed, run.rank, step))
@@ -229,7 +280,7 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
             if step % cfg.train.eval_every == 0 or done:
                 progress.log_validation(step, evaluate(run, eval_collator))
             if step % cfg.train.checkpoint_every == 0 or done or stop_requested:
-                tag = save(checkpointer, engine, client_state(run, step, log.run_id), mirror)
+                tag = save(checkpointer, engine, client_state(run, step, log.run_id), mirror, run.rank)
             if stop_requested:
                 if run.rank == 0:
                     logger.warning("stopped at step %d after a stop request (checkpoint %s); run the same command "
@@ -237,7 +288,7 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
                 break
     progress.close()
     log.close()
-    return progress.last, stop.interrupted
+    return progress.last, stop_requested
 
 
 
@@ -252,12 +303,14 @@ def on_nonfinite_loss(run: Run, checkpointer: Checkpointer, step: int) -> None:
         logger.warning("non-finite training loss at step %d: its update is dropped (train.on_nonfinite=skip)", step)
 
 
-def save(checkpointer: Checkpointer, engine, state: dict, mirror: RunMirror) -> str:
+def save(checkpointer: Checkpointer, engine, state: dict, mirror: RunMirror, rank: int) -> str:
     """Save the checkpoint of ``state["step"]`` and queue its upload; a failed save stops the run with the path and
     the cause."""
     try:
         tag = checkpointer.save(engine, state["step"], state)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from e
+    if rank == 0:
+        logger.info("checkpoint of step %d saved: %s", state["step"], checkpointer.path(tag))
     mirror.checkpoint_saved(tag)
     return tag
