@@ -349,6 +349,7 @@ class ExportSchema:
     format: str = MISSING
     dtype: str = MISSING
     overwrite: bool = MISSING
+    license: Optional[str] = MISSING
 
 
 @dataclass

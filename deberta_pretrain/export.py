@@ -34,7 +34,8 @@ from .deberta import GPT2Tokenizer, ModelConfig
 from .deberta.rtd import merged_tables
 from .deberta.vocabulary import find_vocab, load_tokenizer, tokenizer_kind
 from .fileio import claim_output, staged_folder, write_json_atomic
-from .training.checkpoint import consolidated_state_dict, find_checkpoint
+from .model_card import model_card
+from .training.checkpoint import consolidated_state_dict, find_checkpoint, step_of
 
 FORMATS = ("release", "hf", "all")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -126,14 +127,16 @@ def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: s
         hf_tokenizer_files(tokenizer, folder, config.max_position_embeddings)  # the longest input it was built for
 
 
-def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite: bool = False) -> str:
-    """Export ``checkpoint`` (a run directory or one checkpoint) to ``output``; returns the output directory."""
+def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite: bool = False,
+           license_name: str | None = None) -> str:
+    """Export ``checkpoint`` (a run directory or one checkpoint) to ``output``, with its model card (``README.md``,
+    ``license_name`` in its metadata when given); returns the output directory."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     if remote.is_remote(output):
-        return export_to_storage(checkpoint, str(output), fmt, dtype, overwrite)
+        return export_to_storage(checkpoint, str(output), fmt, dtype, overwrite, license_name)
     output = os.path.abspath(os.fspath(output))
     claim_output(output, "export.json", "export", overwrite)
     root, tag, run_dir = find_checkpoint(checkpoint)
@@ -160,13 +163,20 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
             folder = os.path.join(staging, sub)
             os.makedirs(folder, exist_ok=True)
             write_model(model_state, model_config, tokenizer, folder, fmt, dtype, head)
+        _, first_state, _, head = models[0]
+        parameters = sum(t.numel() for t in first_state.values())
+        card = model_card(run_dir, os.path.join(root, tag), step_of(tag), config, tokenizer, parameters, head, fmt,
+                          license_name, has_generator=len(models) > 1)
+        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
         write_json_atomic(os.path.join(staging, "export.json"),
                           {"checkpoint": os.path.join(root, tag), "format": fmt, "dtype": dtype,
                            "model": "discriminator" if len(models) > 1 else "mlm"})
     return output
 
 
-def export_to_storage(checkpoint, url: str, fmt: str, dtype: str, overwrite: bool) -> str:
+def export_to_storage(checkpoint, url: str, fmt: str, dtype: str, overwrite: bool,
+                      license_name: str | None = None) -> str:
     """``output=s3://...``: export into the user's cache, then upload with ``export.json`` last. A prefix holding
     other objects is refused; an earlier export there is replaced only with ``overwrite=true``."""
     url = url.rstrip("/")
@@ -178,7 +188,8 @@ def export_to_storage(checkpoint, url: str, fmt: str, dtype: str, overwrite: boo
     if names and not overwrite:
         raise FileExistsError(f"output={url} holds an earlier export; nothing was changed: add overwrite=true to "
                               f"replace it")
-    local = export(checkpoint, remote.cache_dir("exports", remote.local_name(url)), fmt, dtype, overwrite=True)
+    local = export(checkpoint, remote.cache_dir("exports", remote.local_name(url)), fmt, dtype, overwrite=True,
+                   license_name=license_name)
     if names:
         remote.remove(remote.join(url, remote.EXPORT_MARKER))  # readers stop trusting the old one first
     remote.upload_folder(local, url, remote.EXPORT_MARKER)

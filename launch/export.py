@@ -6,7 +6,8 @@
 
 format: release (pytorch_model.bin + model_config.json + the vocabulary), hf (config.json + model.safetensors +
 tokenizer files), or all (both, in one directory; default). dtype: fp32 (default), bf16, fp16. An objective=rtd run
-exports its discriminator to output/ and its generator to output/generator/. The keys: conf/export.yaml
+exports its discriminator to output/ and its generator to output/generator/. Every export carries its model card
+(README.md, with the Hub's metadata; license=apache-2.0 states a license). The keys: conf/export.yaml
 (``--help`` lists them).
 """
 
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         check_tool_config(cfg, "export")
-        out = export(cfg.checkpoint, cfg.output, cfg.format, cfg.dtype, cfg.overwrite)
+        out = export(cfg.checkpoint, cfg.output, cfg.format, cfg.dtype, cfg.overwrite, cfg.license)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

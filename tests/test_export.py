@@ -145,7 +145,13 @@ def test_weights_with_pickled_objects_are_refused(tmp_path):
 
 
 def test_continued_pretraining_starts_from_the_exported_weights(runs, python_help_64, tmp_path):
+    """...and the export of the continued run says in its card which Hub model it descends from."""
     export(runs / "zero0", tmp_path / "release", "format=release")
+    card = (tmp_path / "release" / "README.md").read_text()
+    assert "base_model" not in card  # the source run started from scratch
+    # as if the source had been continued from a release itself: its card names the Hub model
+    with_base = card.replace("---\n", "---\nbase_model: microsoft/deberta-v3-xsmall\n", 1)
+    (tmp_path / "release" / "README.md").write_text(with_base)
     run_pretrain(tiny_overrides(python_help_64, tmp_path, "continued", **{
         "model.init_from": str(tmp_path / "release"), "train.max_steps": 1, "model.hidden_dropout_prob": 0.0,
         "model.attention_probs_dropout_prob": 0.0}))
@@ -154,6 +160,35 @@ def test_continued_pretraining_starts_from_the_exported_weights(runs, python_hel
     start = [r for r in read_metrics(tmp_path / "continued") if r["split"] == "validation"][0]
     assert start["step"] == 0 and source["step"] == 2
     assert start["loss"] == pytest.approx(source["loss"], abs=1e-6)
+    export(tmp_path / "continued", tmp_path / "continued-release", "format=hf")
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "continued-release" / "README.md")
+    assert card.data.base_model == "microsoft/deberta-v3-xsmall"
+    assert "continued from microsoft/deberta-v3-xsmall" in card.text
+    assert "AutoModelForMaskedLM" in card.text and "load_model" not in card.text  # format=hf: no release files
+
+
+def test_the_model_card_states_what_the_run_knows(runs, python_help_64, tmp_path):
+    """The card of a ZeRO-3 run's export: the Hub parses its metadata (license as given), and its figures are the
+    run's own: parameters of the exported weights, steps and tokens, the last validation loss, digests of the
+    config and of the data's manifest."""
+    import hashlib
+
+    from huggingface_hub import ModelCard
+
+    export(runs / "zero3", tmp_path / "out", "license=apache-2.0")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "fill-mask"
+    assert card.data.library_name == "transformers" and "datasets" not in card.data.to_dict()
+    weights = torch.load(tmp_path / "out" / "pytorch_model.bin", weights_only=True)
+    assert f"- {sum(t.numel() for t in weights.values()):,} parameters: 2 layers, hidden size 128" in card.text
+    assert "- 2 steps of 4 blocks of 64 tokens: 512 tokens" in card.text
+    last = [r for r in read_metrics(runs / "zero3") if r["split"] == "validation"][-1]
+    assert f"| validation | 2 | {last['loss']:.4f} | {last['accuracy']:.4f} |" in card.text
+    digest = hashlib.sha256((runs / "zero3" / ".hydra" / "config.yaml").read_bytes()).hexdigest()
+    manifest = hashlib.sha256((python_help_64 / "manifest.json").read_bytes()).hexdigest()
+    assert f"sha256 `{digest}`" in card.text and f"manifest.json sha256 `{manifest}`" in card.text
 
 
 def test_continued_pretraining_refuses_data_with_another_vocabulary(runs, tmp_path):

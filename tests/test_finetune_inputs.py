@@ -371,3 +371,13 @@ def test_the_command_line_prints_one_line_and_exits_1(encoder, tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
     assert snapshot(encoder, tmp_path) == before and not (tmp_path / "out").exists()
 
+
+
+def test_a_number_of_seeds_is_told_to_be_a_list():
+    """seeds=3 is a user meaning three seeds (or seed 3): the message shows both list forms."""
+    from deberta_pretrain.finetune.config import validate_finetune
+
+    with pytest.raises(ValueError) as error:
+        validate_finetune(compose("checkpoint=x", "task=sst2", "seeds=3"))
+    assert str(error.value) == ("seeds=3 is not a list of seeds: write seeds='[3]' for the one seed 3, or "
+                                "seeds='[1,2,3]' for three seeds")

@@ -13,8 +13,9 @@ LAYERS = {"__init__": 0, "fileio": 0, "config_keys": 0, "remote": 0, "choices": 
           "data": 2,  # prepared data: prep, shards, mixtures, sampler, masking
           "objectives": 3, "config": 3,  # what is trained; the config schema
           "training": 4,  # the pretraining loop and its components
-          "export": 5,
-          "finetune": 6}
+          "model_card": 5,  # an export's README.md, from what the run recorded
+          "export": 6,
+          "finetune": 7}
 
 
 def unit_of(path: str) -> str:

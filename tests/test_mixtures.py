@@ -106,7 +106,8 @@ def test_bad_sources_are_named_before_anything_runs(python_help_64, tmp_path, so
     (tmp_path / "notes.txt").write_text("text\n")
     shutil.copytree(python_help_64, tmp_path / "copy")
     (tmp_path / "link").symlink_to(python_help_64)  # the same prepared data under another path
-    paths = {"LINK": str(tmp_path / "link"), "P2": str(tmp_path / "copy"), "P": str(python_help_64), "Q": str(tmp_path / "missing"),
+    paths = {"LINK": str(tmp_path / "link"), "P2": str(tmp_path / "copy"), "P": str(python_help_64),
+             "Q": str(tmp_path / "missing"),
              "EMPTY": str(tmp_path / "empty"), "FILE": str(tmp_path / "notes.txt"), "RUN": str(tmp_path / "run")}
     for placeholder, path in paths.items():
         sources = sources.replace(f"path: {placeholder}", f"path: {path}")
@@ -192,3 +193,41 @@ def test_learning_follows_the_mixture(python_help_64, numbers_64, tmp_path):
     assert losses["help-heavy"]["help"] < losses["numbers-heavy"]["help"]
     assert losses["numbers-heavy"]["numbers"] < losses["help-heavy"]["numbers"]
     assert os.path.isfile(tmp_path / "help-heavy" / ".hydra" / "config.yaml")
+
+
+def test_the_model_card_of_a_mixture_names_its_sources_and_their_tokens(python_help_64, tmp_path):
+    """A mixture run's card: the sources' names as the Hub's ``datasets``, tokens seen per source (samples x block
+    length from the last training record), one validation row per source, a manifest digest per source."""
+    import json
+
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from deberta_pretrain.deberta import ModelConfig
+    from deberta_pretrain.deberta.vocabulary import load_tokenizer
+    from deberta_pretrain.model_card import model_card
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    config = {"name": "mix", "objective": "mlm", "precision": "bf16", "seed": 1,
+              "data": {"path": None, "masking": "span", "mask_prob": 0.15,
+                       "sources": {"help": {"path": str(python_help_64), "weight": 0.7},
+                                   "web": {"path": str(python_help_64), "weight": 0.3}}},
+              "train": {"global_batch_size": 8, "max_steps": 10}, "model": {"init_from": "deberta-v3-base"}}
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    records = [{"step": 10, "split": "train", "loss": 5.0, "samples/help": 56, "samples/web": 24},
+               {"step": 10, "split": "validation/help", "loss": 4.25, "accuracy": 0.5},
+               {"step": 10, "split": "validation/web", "loss": 6.5, "accuracy": 0.25}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    model = ModelConfig.from_dict({"model_type": "deberta-v2", "hidden_size": 32, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 50265})
+    tokenizer = load_tokenizer(str(python_help_64 / "bpe_encoder.bin"))
+    path = tmp_path / "README.md"
+    path.write_text(model_card(str(run_dir), str(run_dir / "checkpoints" / "step_00000010"), 10, model, tokenizer,
+                               1234, "mlm"))
+    card = ModelCard.load(path)
+    assert card.data.datasets == ["help", "web"] and card.data.base_model == "microsoft/deberta-v3-base"
+    assert "- 10 steps of 8 blocks of 64 tokens: 5,120 tokens" in card.text
+    assert "- tokens per source (at step 10): help 3,584, web 1,536" in card.text
+    assert "| validation/help | 10 | 4.2500 | 0.5000 |" in card.text and "| validation/web | 10 | 6.5000 |" in card.text
+    assert card.text.count("manifest.json sha256") == 2

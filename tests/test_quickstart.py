@@ -4,6 +4,7 @@ and fine-tuning (which beats the same model fine-tuned from scratch)."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -36,7 +37,8 @@ def test_quickstart_script_learns(tmp_path):
     assert any(n.startswith("offline-run-") for n in os.listdir(run_dir / "wandb"))
     exported = set(os.listdir(run_dir / "export"))
     assert {"pytorch_model.bin", "model_config.json", "bpe_encoder.bin", "config.json", "model.safetensors",
-            "vocab.json", "merges.txt"} <= exported
+            "vocab.json", "merges.txt", "README.md"} <= exported
+    assert_publishable_card(run_dir / "export" / "README.md", validation[-1])
     # fine-tuned on the built-in word-order task: well above the majority class of its dev split, and well above
     # the same model fine-tuned from scratch (which only the pretraining separates from it)
     accuracy = finetune_accuracy(run_dir / "finetune" / "python-help-order" / "step_00000300")
@@ -55,3 +57,20 @@ def test_quickstart_script_learns(tmp_path):
 def finetune_accuracy(folder) -> float:
     results = json.load(open(folder / "results.json"))
     return results["tasks"]["python-help-order"]["summary"]["accuracy"]["median"]
+
+
+def assert_publishable_card(path, last_validation: dict) -> None:
+    """The export's model card parses as the Hub reads it, states what the run knows (its final validation loss,
+    the fine-tuning table of that checkpoint) and holds no placeholder."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(path)
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "fill-mask"
+    assert {"deberta", "deberta_pretrain", "masked-lm"} <= set(card.data.tags)
+    text = card.text
+    assert f"| validation | 300 | {last_validation['loss']:.4f} |" in text
+    assert "## Fine-tuning (python-help-order)" in text and "| python-help-order | lr 0.0003 | accuracy |" in text
+    assert "AutoModelForMaskedLM.from_pretrained" in text and "MaskedLanguageModel.load_model" in text
+    for placeholder in ("TODO", "More Information Needed", "{{", "None", "<your", "<fill", "<name"):
+        assert placeholder not in text, placeholder
+    assert not re.search(r"\bnan\b", text)

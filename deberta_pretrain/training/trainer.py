@@ -47,8 +47,8 @@ def to_device(batch: dict, device) -> dict:
 def validation_totals(run: Run, collator, source: Source) -> torch.Tensor | None:
     """The objective's statistics summed over the first ``train.eval_samples`` validation blocks of ``source``
     (fixed masks), all-reduced; None when it has none. Under ``impl.compile`` a short last batch is filled up
-    with blocks of padding, which hold no token and no prediction. Every rank runs the same number of forward passes (ZeRO-3
-    gathers parameters collectively)."""
+    with blocks of padding, which hold no token and no prediction. Every rank runs the same number of forward passes
+    (ZeRO-3 gathers parameters collectively)."""
     engine, objective = run.engine, run.objective
     n = min(len(source.validation), run.cfg.train.eval_samples)
     if n == 0:
