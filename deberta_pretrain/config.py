@@ -21,7 +21,8 @@ from .data.corpus import configured_sources
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
-SCHEDULES = ("linear", "cosine", "constant")
+SCHEDULES = ("linear", "cosine", "constant", "wsd")
+DECAY_SHAPES = ("linear", "sqrt", "cosine")  # of the wsd schedule's decay
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -117,8 +118,10 @@ class TrainSchema:
 class OptimSchema:
     lr: float = MISSING
     warmup_steps: int = MISSING
-    schedule: str = MISSING  # linear (upstream warmup_linear) | cosine | constant
+    schedule: str = MISSING  # linear (upstream warmup_linear) | cosine | constant | wsd
     end_lr_ratio: float = MISSING
+    decay_steps: Optional[int] = MISSING  # wsd: the decay's length, at the end of train.max_steps
+    decay_shape: str = MISSING  # wsd: linear | sqrt (1 - sqrt(t)) | cosine
     weight_decay: float = MISSING
     beta1: float = MISSING
     beta2: float = MISSING
@@ -172,6 +175,19 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="pretrain_schema", node=PretrainSchema)
 
 
+def validate_wsd(optim, max_steps: int) -> None:
+    """optim.schedule=wsd: a decay of optim.decay_steps that fits after the warm-up within train.max_steps."""
+    if optim.decay_shape not in DECAY_SHAPES:
+        raise ValueError(f"optim.decay_shape: {optim.decay_shape!r} is not one of {DECAY_SHAPES}")
+    decay = optim.decay_steps
+    if not isinstance(decay, int) or isinstance(decay, bool) or decay < 1:
+        raise ValueError(f"optim.schedule=wsd needs optim.decay_steps, the length of the final decay (an integer >= "
+                         f"1, e.g. {max(1, max_steps // 10)} for 10 % of train.max_steps), got {decay!r}")
+    if optim.warmup_steps + decay > max_steps:
+        raise ValueError(f"optim.warmup_steps ({optim.warmup_steps}) + optim.decay_steps ({decay}) exceed "
+                         f"train.max_steps ({max_steps}): the wsd schedule has no room to decay after its warm-up")
+
+
 def validate(cfg) -> None:
     """Checks across fields; raises ``ValueError`` naming the key."""
     def choice(key, value, allowed):
@@ -191,6 +207,8 @@ def validate(cfg) -> None:
         raise ValueError(f"data.alpha must be a finite number >= 0, got {cfg.data.alpha!r}")
     choice("data.masking", cfg.data.masking, MASKING)
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    if cfg.optim.schedule == "wsd":
+        validate_wsd(cfg.optim, cfg.train.max_steps)
     choice("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
     choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     choice("data.verify", cfg.data.verify, ("full", "size", "none"))

@@ -145,6 +145,14 @@ def test_upstream_warmup_linear_by_hand():
     assert optim.lr_multiplier(10, 100, 10, "cosine") == pytest.approx(1.0)
     assert optim.lr_multiplier(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert optim.lr_multiplier(50, 100, 10, "constant") == 1.0
+    # wsd over 100 updates, warm-up 10, decay 20: the peak holds through update 80, then 1 - t, 1 - sqrt(t) or the
+    # cosine's half wave to the end ratio at update 100
+    for shape, at_90 in (("linear", 0.5), ("sqrt", 1 - 0.5 ** 0.5), ("cosine", 0.5)):
+        wsd = [optim.lr_multiplier(u, 100, 10, "wsd", 0.1, 20, shape) for u in range(1, 101)]
+        assert wsd[4] == pytest.approx(0.5) and wsd[9:80] == [1.0] * 71, shape
+        assert wsd[89] == pytest.approx(0.1 + 0.9 * at_90) and wsd[99] == pytest.approx(0.1), shape
+    assert optim.lr_multiplier(85, 100, 10, "wsd", 0.0, 20, "cosine") == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.25)))
 
 
 def test_deepspeed_config_batch_arithmetic_and_errors():

@@ -3,6 +3,7 @@ precision; exact resume after SIGKILL and Ctrl-C; start-up errors."""
 
 
 import hashlib
+import math
 import os
 import re
 
@@ -146,3 +147,36 @@ def test_document_attention_train_and_the_log_tells_the_run(data, tmp_path):
     assert phase.returncode == 1 and "Traceback" not in out, out[-3000:]
     assert f"this command resumes the run in {run_dir}" in out and f"name=<new> model.init_from={run_dir}" in out
     assert file_hashes(run_dir) == before
+
+
+def test_wsd_schedule_from_the_logged_rates_and_a_longer_run_moves_its_decay(data, tmp_path):
+    """optim.schedule=wsd, read back from metrics.jsonl (the logged rate is the next update's): warm-up over 2, the
+    peak, then 1 - sqrt(t) over the last 3 updates to 0.1 x the peak. Resumed with a larger train.max_steps, the
+    decay moves to the new end. Bad wsd settings are refused by key before anything is written."""
+    peak, end = 1e-3, 0.1
+
+    def expected(update, total):
+        if update < 2:
+            return peak * update / 2
+        t = min(max(update - (total - 3), 0) / 3, 1.0)
+        return peak * (end + (1 - end) * (1 - math.sqrt(t)))
+
+    common = {"optim.schedule": "wsd", "optim.decay_steps": 3, "optim.decay_shape": "sqrt", "optim.warmup_steps": 2,
+              "optim.end_lr_ratio": end, "train.eval_every": 100, "train.checkpoint_every": 100}
+    run_pretrain(tiny_overrides(data, tmp_path, "wsd", **common, **{"train.max_steps": 6}))
+    run_pretrain(tiny_overrides(data, tmp_path, "wsd", **common, **{"train.max_steps": 9}))
+    lr = {r["step"]: r["lr"] for r in train_records(tmp_path / "wsd")}
+    assert sorted(lr) == list(range(1, 10))
+    for step, rate in lr.items():
+        total = 6 if step <= 6 else 9  # steps 1-6 logged by the first start, 7-9 by the resumed one
+        assert rate == pytest.approx(expected(step + 1, total), rel=1e-9, abs=1e-12), (step, rate)
+    assert lr[2] == pytest.approx(peak) and lr[6] == pytest.approx(end * peak) and lr[7] > lr[6]
+
+    for override, message in ((["optim.decay_steps=null"], "optim.schedule=wsd needs optim.decay_steps"),
+                              (["optim.decay_steps=6"], "optim.warmup_steps (2) + optim.decay_steps (6) exceed "
+                                                        "train.max_steps (4)"),
+                              (["optim.decay_shape=exp"], "optim.decay_shape: 'exp' is not one of")):
+        settings = {**common, **dict(o.split("=", 1) for o in override)}
+        result = run_pretrain(tiny_overrides(data, tmp_path, "bad", **settings), check=False)
+        assert result.returncode == 1 and message in result.stdout + result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()

@@ -64,18 +64,26 @@ def apply_settings(engine, optim, settings: list[tuple[str, dict]]) -> None:
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
 
 
-def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: float = 0.0) -> float:
+def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: float = 0.0,
+                  decay_steps: int | None = None, decay_shape: str = "linear") -> float:
     """Learning-rate multiplier of the ``step``-th optimizer update (1-based, as upstream's ``state['step']``, so
     the first update does not have a learning rate of 0).
 
     ``linear`` is upstream's ``warmup_linear``: with ``x = step / total`` and ``w = warmup / total``, ``x / w``
     during warmup, then ``(1 - end) * (1 - x) + end`` (the decay is not renormalised after warmup, as upstream).
-    ``cosine``: linear warmup, then cosine from 1 to ``end``. ``constant``: warmup, then 1.
+    ``cosine``: linear warmup, then cosine from 1 to ``end``. ``constant``: warmup, then 1. ``wsd``
+    (warmup-stable-decay): warmup, 1 until step ``total - decay_steps``, then over the last ``decay_steps`` with
+    ``t`` going to 1: ``end + (1 - end) * f(t)``, ``f`` = ``1 - t`` (linear), ``1 - sqrt(t)`` (sqrt) or
+    ``(1 + cos(pi t)) / 2`` (cosine).
     """
     if warmup > 0 and step < warmup:
         return step / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        t = min(max(step - (total - decay_steps), 0) / decay_steps, 1.0)
+        shape = {"linear": 1 - t, "sqrt": 1 - math.sqrt(t), "cosine": 0.5 * (1 + math.cos(math.pi * t))}
+        return end_ratio + (1 - end_ratio) * shape[decay_shape]
     x = min(step / max(total, 1), 1.0)
     if schedule == "linear":
         return (1 - end_ratio) * (1 - x) + end_ratio
@@ -85,9 +93,10 @@ def lr_multiplier(step: int, total: int, warmup: int, schedule: str, end_ratio: 
 
 def build_scheduler(optimizer, optim, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The learning-rate schedule of the ``optim`` section over ``total_steps`` updates."""
+    decay_steps, decay_shape = optim.get("decay_steps"), optim.get("decay_shape", "linear")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step + 1, total_steps, optim.warmup_steps, optim.schedule,
-                                              optim.end_lr_ratio))
+                                              optim.end_lr_ratio, decay_steps, decay_shape))
 
 
 def adam_params(optim) -> dict:
