@@ -55,7 +55,8 @@ def train(data: str, out: str, name: str, steps: int, documents: bool, seed: int
                  "logging.wandb.mode": "disabled", "logging.progress_bar": False}
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), WANDB_MODE="disabled")
     subprocess.run([sys.executable, os.path.join(ROOT, "launch", "pretrain.py"),
-                    *(f"{k}={v}" for k, v in overrides.items())], check=True, cwd=ROOT, env=env)
+                    *(f"{k}={v}" for k, v in overrides.items())], check=True, cwd=ROOT, env=env,
+                   stdout=sys.stderr)  # this script's standard output is its JSON alone
     return os.path.join(out, name)
 
 
