@@ -112,6 +112,7 @@ class TrainSchema:
     on_nonfinite: str = MISSING  # stop | skip: what a non-finite training loss does (bf16/fp32)
     init_optimizer: bool = MISSING  # with model.init_from=<run>: start from its AdamW moments too
     remote_dir: Optional[str] = MISSING  # object storage (s3://bucket/runs) the run directory is mirrored to
+    fork_from: Optional[str] = MISSING  # a new run from another run's checkpoint, in its exact state
 
 
 @dataclass
@@ -222,6 +223,10 @@ def validate(cfg) -> None:
     if cfg.train.remote_dir and "://" not in cfg.train.remote_dir:
         raise ValueError(f"train.remote_dir must be a URL of object storage such as s3://bucket/runs, got "
                          f"{cfg.train.remote_dir!r}")
+    if cfg.train.fork_from and (cfg.model.init_from or cfg.train.init_optimizer):
+        raise ValueError("train.fork_from continues another run's exact state (weights, optimizer, schedule, data "
+                         "position); model.init_from and train.init_optimizer start a new phase from its weights: "
+                         "give one or the other")
     if cfg.train.init_optimizer and not cfg.model.init_from:
         raise ValueError("train.init_optimizer=true carries the optimizer state of the run that model.init_from "
                          "names, but model.init_from is not set")
@@ -374,6 +379,7 @@ class ExportSchema:
 class PlotSchema:
     run: str = MISSING
     out: Optional[str] = MISSING
+    compare: Optional[Any] = MISSING  # other runs drawn with this one in compare.png
 
 
 @dataclass

@@ -4,17 +4,19 @@ source of a data mixture.
 
     python launch/plot.py run=outputs/quickstart            # writes outputs/quickstart/plots/*.png
     python launch/plot.py run=outputs/quickstart out=figs
+    python launch/plot.py run=outputs/stable compare='[outputs/decay-short,outputs/decay-long]'   # + compare.png
 
 The keys: conf/plot.yaml (``--help`` lists them).
 """
 
+import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from deberta_pretrain.config import check_tool_config, register_tool_configs
-from deberta_pretrain.training.plots import plot_run
+from deberta_pretrain.training.plots import plot_comparison, plot_run
 
 register_tool_configs()
 
@@ -23,7 +25,12 @@ register_tool_configs()
 def main(cfg: DictConfig) -> None:
     try:
         check_tool_config(cfg, "plot")
+        compare = cfg.compare
+        if compare is not None and not isinstance(compare, ListConfig):
+            raise ValueError(f"compare: a list of run directories, e.g. compare='[{compare}]', got {compare!r}")
         written = plot_run(cfg.run, cfg.out)
+        if compare:
+            written.append(plot_comparison(cfg.run, list(compare), cfg.out))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -32,6 +39,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(130)
     for path in written:
         print(f"wrote {path}")
+    if written:
+        print(f"plots in {os.path.dirname(written[0])}")
 
 
 if __name__ == "__main__":

@@ -110,9 +110,13 @@ def usable_checkpoints(directory: str) -> tuple[list[str], list[tuple[str, str]]
 class Checkpointer:
     """Saves and finds the checkpoints of one run directory for a job of ``world_size`` ranks at ``zero_stage``."""
 
-    def __init__(self, directory: str, keep_last: int, rank: int, world_size: int, zero_stage: int):
+    def __init__(self, directory: str, keep_last: int, rank: int, world_size: int, zero_stage: int,
+                 universal_root: str | None = None):
         self.directory, self.keep_last, self.rank = directory, keep_last, rank
         self.world_size, self.zero_stage = world_size, zero_stage
+        # where a checkpoint's universal form is written and read: beside it, or (for a checkpoint of another run,
+        # which is never written to) in the reading run's own checkpoints folder
+        self.universal_root = universal_root or directory
         self.retain = lambda tag: False  # a checkpoint pruning must keep beyond keep_last (not yet uploaded, say)
 
     def path(self, tag: str) -> str:
@@ -224,7 +228,8 @@ class Checkpointer:
         return (f"{tag}/{UNIVERSAL}" if universal else tag), universal
 
     def _convert_to_universal(self, tag: str, layout: dict) -> None:
-        target = os.path.join(self.path(tag), UNIVERSAL)
+        folder = os.path.join(self.universal_root, tag)
+        target = os.path.join(folder, UNIVERSAL)
         if os.path.isfile(os.path.join(target, MARKER)):
             logger.info("using the universal form of %s cached in %s", self.path(tag), target)
             return
@@ -233,7 +238,8 @@ class Checkpointer:
         logger.warning("checkpoint %s was written by %s ranks at ZeRO stage %s; this run has %d at stage %d: "
                        "converting it once to DeepSpeed's universal format in %s", self.path(tag),
                        layout["world_size"], layout["zero_stage"], self.world_size, self.zero_stage, target)
-        partial = os.path.join(self.path(tag), f".{UNIVERSAL}.partial-{os.getpid()}")
+        os.makedirs(folder, exist_ok=True)
+        partial = os.path.join(folder, f".{UNIVERSAL}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         try:
             ds_to_universal(SimpleNamespace(input_folder=self.path(tag), output_folder=partial, num_extract_workers=1,
@@ -244,7 +250,7 @@ class Checkpointer:
             os.replace(partial, target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-            stray = os.path.join(self.path(tag), "latest_universal")  # DeepSpeed's pointer to the partial folder
+            stray = os.path.join(folder, "latest_universal")  # DeepSpeed's pointer to the partial folder
             if os.path.exists(stray):
                 os.remove(stray)
 
@@ -253,9 +259,9 @@ class Checkpointer:
         False); returns (step, client_state) or raises ``CheckpointError`` on every rank. After a failure the engine
         is half-loaded and must be discarded."""
         error, client_state = None, None
+        directory = self.universal_root if load_tag.endswith(f"/{UNIVERSAL}") else self.directory
         try:
-            path, client_state = engine.load_checkpoint(self.directory, tag=load_tag,
-                                                        load_lr_scheduler_states=schedule)
+            path, client_state = engine.load_checkpoint(directory, tag=load_tag, load_lr_scheduler_states=schedule)
             if path is None:
                 error = "DeepSpeed found nothing to load"
         except Exception as e:  # noqa: BLE001 - any failure refuses this checkpoint

@@ -67,6 +67,43 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
     return written
 
 
+def plot_comparison(run_dir, others, out_dir=None) -> str:
+    """``compare.png`` in ``out_dir`` (default ``<run_dir>/plots``): the loss (train thin, validation with markers)
+    and the learning rate of ``run_dir`` and of each run in ``others`` (branches forked from it, say) against the
+    step, one colour per run. Returns its path."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    runs = [os.fspath(run_dir), *map(os.fspath, others)]
+    for run in runs:
+        if not os.path.isfile(os.path.join(run, "metrics.jsonl")):
+            raise FileNotFoundError(f"compare: {run} has no metrics.jsonl (is it a run directory of "
+                                    f"launch/pretrain.py?)")
+    out_dir = os.path.abspath(os.fspath(out_dir or os.path.join(runs[0], "plots")))
+    if out_dir != os.path.abspath(os.path.join(runs[0], "plots")):
+        claim_output(out_dir, MARKER, "plots folder", overwrite=True)
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(out_dir, MARKER), {"run": os.path.abspath(runs[0])})
+    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, run in enumerate(runs):
+        records, color, name = read_metrics(run), f"C{index % 10}", os.path.basename(os.path.abspath(run))
+        for split, style in (("train", {"linewidth": 0.8, "alpha": 0.5}), ("validation", {"marker": "o"})):
+            points = [(r["step"], r["loss"]) for r in records if r.get("split") == split and r.get("loss") is not None]
+            if points:
+                loss_ax.plot(*zip(*points), color=color, markersize=3, label=f"{name} {split}", **style)
+        points = [(r["step"], r["lr"]) for r in records if r.get("split") == "train" and r.get("lr") is not None]
+        if points:
+            lr_ax.plot(*zip(*points), color=color, label=name)
+    for ax, label in ((loss_ax, "loss"), (lr_ax, "learning rate")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, os.path.join(out_dir, "compare.png"))
+
+
 def curves(records: list[dict], keys) -> list[tuple[str, tuple, tuple]]:
     """(label, steps, values) of each curve of a figure showing ``keys``: train and validation, and where the figure
     shows one metric, each source of a mixture (``validation/<source>``)."""

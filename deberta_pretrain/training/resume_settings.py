@@ -36,10 +36,11 @@ FIXED = ("model", "impl.use_emd", "data.path", "data.sources", "data.alpha", "da
          "data.max_ngram", "data.max_predictions", "data.mask_token_prob", "data.random_token_prob",
          "data.document_attention", "seed", "train.global_batch_size", "precision", "objective", "rtd")
 # what a run starts from (weights, optimizer moments): a checkpoint of the run itself supersedes them
-START_ONLY = ("model.init_from", "rtd.init_generator", "train.init_optimizer")
+START_ONLY = ("model.init_from", "rtd.init_generator", "train.init_optimizer", "train.fork_from")
+FORK_MAY_CHANGE = ("data.path", "data.sources", "data.alpha")  # a fork may read another mixture from its step on
 APPLIED_IN_FIXED_GROUPS = (*START_ONLY, "rtd.discriminator_lr")
 NOT_COMPARED = ("name", "output_root")
-PATHS = ("data.path", "data.stage_dir", "model.init_from", "rtd.init_generator")
+PATHS = ("data.path", "data.stage_dir", "model.init_from", "rtd.init_generator", "train.fork_from")
 CHANGES_FILE = "config_changes.jsonl"
 
 
@@ -92,27 +93,31 @@ def _mixture(data: dict) -> dict:
     return data
 
 
-def check_changes(saved: dict, current: dict, run_dir: str) -> dict:
-    """{key: (saved value, current value)} of the changes that are applied on resume; raises ``SystemExit``
-    naming every fixed key that changed, with both values."""
+def check_changes(saved: dict, current: dict, run_dir: str, fork: bool = False) -> dict:
+    """{key: (saved value, current value)} of the changes that are applied on resume (or in a fork of the run in
+    ``run_dir``, which may also read another mixture); raises ``SystemExit`` naming every fixed key that changed,
+    with both values."""
     changes = changed_keys(_comparable(saved), _comparable(current))
-    refused = {k: v for k, v in changes.items() if _refused(k, *v)}
+    refused = {k: v for k, v in changes.items() if _refused(k, *v) and not (fork and _under(k, FORK_MAY_CHANGE))}
     if refused:
         lines = "\n".join(f"  {k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
         raise SystemExit(f"error: {run_dir} was trained with other values of keys that cannot change on resume:\n"
                          f"{lines}\nNothing was changed. Restore them, or continue from its weights in a new run "
                          f"(a phase): name=<new> model.init_from={run_dir} [train.init_optimizer=true].")
+    if fork:  # what the fork changes from its source (the fork itself is no change)
+        return {k: v for k, v in changes.items()
+                if k != "train.fork_from" and (not is_fixed(k) or _under(k, FORK_MAY_CHANGE))}
     return {k: v for k, v in changes.items() if not is_fixed(k) and k not in refused}
 
 
-def record_changes(changes: dict, run_dir: str, step: int) -> None:
+def record_changes(changes: dict, run_dir: str, step: int, fork: bool = False) -> None:
     """Log the applied changes and append them to ``config_changes.jsonl`` (rank 0 only)."""
     if not changes:
         return
     for key, (old, new) in changes.items():
         effect = "used only when a run starts: no effect now" if _under(key, START_ONLY) else "applied from here"
-        logger.warning("resuming at step %d with %s=%r (the checkpoint was trained with %r): %s", step, key, new,
-                       old, effect)
+        logger.warning("%s at step %d with %s=%r (the checkpoint was trained with %r): %s",
+                       "forking" if fork else "resuming", step, key, new, old, effect)
     record = {"step": step, "changes": {k: [None if v is ABSENT else v for v in pair] for k, pair in changes.items()}}
     with open(os.path.join(run_dir, CHANGES_FILE), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")

@@ -26,6 +26,7 @@ from .engine import EngineSpec, build_engine, check_compiler, check_engine_optio
 from ..objectives import build_objective
 from .initial_weights import objective_with_weights
 from .checkpoint import is_run_directory, usable_checkpoints
+from .fork import check_new_run, fork_source, is_restart
 from .mirror import fetch_checkpoint
 from .run_log import RunLog, settings_digest
 
@@ -141,6 +142,9 @@ class Run:
                              f"output_root=")
         if cfg.train.remote_dir:
             self._agree(self._restore_from_mirror)
+        self.fork = None  # the checkpoint a fork starts from (train.fork_from), until it has checkpoints of its own
+        if cfg.train.fork_from:
+            self._agree(self._locate_fork)
         self._agree(self._check_inputs)
 
     @staticmethod
@@ -161,6 +165,15 @@ class Run:
                 fetch_checkpoint(self.cfg.train.remote_dir, self.cfg.name, self.run_dir)
             except OSError as e:
                 raise OSError(f"train.remote_dir: cannot download the run's checkpoint: {e}") from e
+
+    def _locate_fork(self) -> None:
+        if is_restart(self.run_dir):
+            check_new_run(self.run_dir, os.path.abspath(self.cfg.train.fork_from))  # the same fork, started again
+            if self.rank == 0:
+                logger.info("%s has checkpoints of its own: it resumes from them; train.fork_from is not read again",
+                            self.run_dir)
+            return
+        self.fork = fork_source(self.cfg.train.fork_from, self.run_dir)
 
     def _locate_data(self) -> None:
         """Validate the config; with ``data.stage_dir``, the first rank of every node copies the data there."""

@@ -16,6 +16,7 @@ from ..data.sampler import StepSampler
 from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer, tag_for
 from .distributed import padded_batches
+from .fork import source_checkpointer
 from .phases import engine_with_moments
 from .resume_settings import check_changes, record_changes
 from .mirror import RunMirror
@@ -99,6 +100,8 @@ def resume_or_start(run: Run, checkpointer: Checkpointer):
     reason and nothing is changed. Each attempt gets a fresh engine, so a failed load never leaves a half-loaded one
     behind."""
     usable, refused = checkpointer.survey()
+    if not usable and run.fork is not None:
+        return fork_start(run, checkpointer)
     if usable:  # before any engine is built: a changed model would otherwise fail to load, as if damaged
         settings_since(run, checkpointer, usable[0])
     for tag in usable:
@@ -131,17 +134,37 @@ def resume_or_start(run: Run, checkpointer: Checkpointer):
     return run.build_engine(), 0, {}, {}
 
 
-def settings_since(run: Run, checkpointer: Checkpointer, tag: str) -> dict:
+def settings_since(run: Run, checkpointer: Checkpointer, tag: str, fork: bool = False) -> dict:
     """The settings that changed since checkpoint ``tag`` was trained and are applied from the resumed step (see
     ``resume_settings``); a change of a key that cannot change stops the run (``SystemExit``). A checkpoint from
-    before the config was recorded in its ``complete.json`` is compared with the run's ``.hydra/config.yaml``."""
+    before the config was recorded in its ``complete.json`` is compared with its run's ``.hydra/config.yaml``.
+    ``fork``: the checkpoint is another run's, which this one forks."""
+    source_run = os.path.dirname(checkpointer.directory)
     saved = (checkpointer.marker(tag) or {}).get("config")
-    recorded = os.path.join(run.run_dir, ".hydra", "config.yaml")
+    recorded = os.path.join(source_run, ".hydra", "config.yaml")
     if saved is None and os.path.isfile(recorded):
         saved = OmegaConf.to_container(OmegaConf.load(recorded), resolve=True)
     if saved is None:
         return {}
-    return check_changes(saved, OmegaConf.to_container(run.cfg, resolve=True), run.run_dir)
+    return check_changes(saved, OmegaConf.to_container(run.cfg, resolve=True), source_run, fork)
+
+
+def fork_start(run: Run, checkpointer: Checkpointer):
+    """Like resuming, from the checkpoint of another run that ``train.fork_from`` names (see ``fork``): (engine,
+    step, client state without the source's logger id, settings changed since the source)."""
+    source = run.fork
+    reader = source_checkpointer(source, run.rank, run.world, run.cfg.deepspeed.zero_stage, checkpointer.directory)
+    changes = settings_since(run, reader, source.tag, fork=True)
+    try:
+        load_tag, universal = reader.load_plan(source.tag)
+        engine = run.build_engine(load_universal=universal)
+        step, state = reader.load(engine, load_tag)
+    except CheckpointError as e:
+        raise SystemExit(f"error: train.fork_from: {source.path} cannot be loaded: {e}") from e
+    if universal:
+        optim.repair_after_universal_load(engine)
+    state.pop("wandb_id", None)  # the fork logs as a run of its own
+    return engine, step, state, changes
 
 
 def client_state(run: Run, step: int, wandb_id) -> dict:
@@ -169,7 +192,11 @@ def start_or_resume(run: Run, checkpointer: Checkpointer):
     if start_step:
         optim.apply_settings(engine, run.engine_spec.optim, run.engine_spec.groups)
     run.prepare_run_dir()
-    if start_step and run.rank == 0:
+    if start_step and run.rank == 0 and run.fork is not None:
+        logger.info("forked %s from %s at step %d: its weights, optimizer moments, schedule step, data position and "
+                    "random state (the source is only read)", run.run_dir, run.fork.path, start_step)
+        record_changes(changes, run.run_dir, start_step, fork=True)
+    elif start_step and run.rank == 0:
         logger.info("resuming %s from step %d (checkpoint %s)", run.run_dir, start_step,
                     checkpointer.path(tag_for(start_step)))
         record_changes(changes, run.run_dir, start_step)

@@ -1,0 +1,90 @@
+"""A fork: a new run (its own ``name``) that starts from another run's checkpoint in that checkpoint's exact state:
+weights, optimizer moments, the schedule's step, the data position and the random state (all of which follow from
+the step). What resuming may change may change here (the schedule: a decay branch; the engine: another process
+count or ZeRO stage), and the mixture too: from the fork's step on, each source is read where the new mixture's
+interleave puts it at that sample index. The source run is only read: a checkpoint that must be converted for
+another process count is converted into the fork's own folder.
+
+A fork that was stopped and is started again resumes from its own checkpoints, like any run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from .checkpoint import FINETUNE_RESULTS_MARKER, Checkpointer, checkpoint_tags, find_checkpoint, is_run_directory
+from .checkpoint import usable_checkpoints
+
+logger = logging.getLogger("deberta_pretrain")
+STEP_FOLDER = re.compile(r"step_\d+$")
+
+
+@dataclass
+class ForkSource:
+    """The checkpoint a fork starts from: ``root/tag`` of the run in ``run_dir``."""
+
+    root: str
+    tag: str
+    run_dir: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.tag)
+
+
+def fork_source(fork_from: str, run_dir: str) -> ForkSource:
+    """The checkpoint ``train.fork_from`` names (a run directory: its newest complete checkpoint; or one
+    ``checkpoints/step_N``); ``ValueError`` naming what is wrong: no checkpoint, a step that does not exist (with
+    the ones that do), a fine-tuning results folder, the fork's own directory, or a ``name`` that is another run."""
+    path = os.path.abspath(fork_from)
+    if STEP_FOLDER.search(os.path.basename(path)) and not os.path.exists(path):
+        folder = os.path.dirname(path)
+        there = usable_checkpoints(folder)[0] if os.path.isdir(folder) else []
+        raise ValueError(f"train.fork_from: {path} does not exist; the complete checkpoints of "
+                         f"{os.path.dirname(folder)} are: {', '.join(sorted(there)) or 'none'}")
+    if os.path.isfile(os.path.join(path, FINETUNE_RESULTS_MARKER)):
+        raise ValueError(f"train.fork_from: {path} holds fine-tuning results, not a pretraining run")
+    try:
+        root, tag, source_run = find_checkpoint(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"train.fork_from: {str(e).removeprefix('checkpoint: ')}") from None
+    if os.path.realpath(source_run) == os.path.realpath(run_dir):
+        raise ValueError(f"train.fork_from: {path} is this run's own checkpoint; a fork needs a new name= (to "
+                         f"continue this run, drop train.fork_from)")
+    check_new_run(run_dir, path)
+    return ForkSource(root, tag, source_run)
+
+
+def check_new_run(run_dir: str, fork_from: str) -> None:
+    """A fork starts a new run: ``run_dir`` must not be another run, unless it is this fork started again (its
+    recorded config names the same source; it then resumes itself). A folder holding only what a fork's start left
+    before it failed (a conversion, no complete checkpoint, no log) is not a run yet."""
+    started = any(os.path.exists(os.path.join(run_dir, name)) for name in ("train.log", "metrics.jsonl", ".hydra"))
+    if not is_run_directory(run_dir) or not (started or is_restart(run_dir)):
+        return
+    recorded = os.path.join(run_dir, ".hydra", "config.yaml")
+    source = None
+    if os.path.isfile(recorded):
+        with open(recorded, encoding="utf-8") as f:
+            source = ((yaml.safe_load(f) or {}).get("train") or {}).get("fork_from")
+    if source is None or os.path.abspath(source) != fork_from:
+        raise ValueError(f"name: {run_dir} is an existing run{'' if source is None else f' forked from {source}'}; "
+                         f"a fork starts a new run: choose another name= (nothing was changed)")
+
+
+def is_restart(run_dir: str) -> bool:
+    """Whether the fork in ``run_dir`` has complete checkpoints of its own (it then resumes from them)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    return bool(checkpoint_tags(folder)) and bool(usable_checkpoints(folder)[0])
+
+
+def source_checkpointer(source: ForkSource, rank: int, world: int, zero_stage: int,
+                        own_checkpoints: str) -> Checkpointer:
+    """A reader of the source's checkpoints that converts into the fork's own folder, never the source's."""
+    return Checkpointer(source.root, keep_last=1, rank=rank, world_size=world, zero_stage=zero_stage,
+                        universal_root=own_checkpoints)
