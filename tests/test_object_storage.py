@@ -13,6 +13,7 @@ import pytest
 import requests
 import torch
 
+from deberta_pretrain.training.metrics import read_metrics
 from pretrain_helpers import ROOT, fault_env, module_state, run_pretrain, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -223,3 +224,35 @@ def test_export_to_storage_and_start_from_it(python_help_64, storage_env, tmp_pa
     continued = run_pretrain(tiny_overrides(python_help_64, tmp_path, "continued", **{
         "model.init_from": url, "train.max_steps": 1}), env=storage_env)
     assert continued.returncode == 0
+
+
+def test_a_fork_from_a_run_in_the_bucket_is_bit_equal_and_reads_only(python_help_64, storage_env, tmp_path):
+    """train.fork_from=s3://.../<run>/checkpoints/step_N on a machine without the run: the checkpoint is copied into
+    the cache, the fork is bit-equal to the source from there, and the bucket's objects are unchanged; a step the
+    mirror lacks is refused naming the ones it has."""
+    common = {"train.max_steps": 4, "train.checkpoint_every": 2, "train.keep_last": 2}
+    run_pretrain(tiny_overrides(python_help_64, tmp_path / "machine-a", "source", **{
+        **common, "train.remote_dir": f"s3://{BUCKET}/forks"}), env=storage_env)
+    before = {key: remote_etag(key) for key in objects(f"s3://{BUCKET}/forks")}
+    url = f"s3://{BUCKET}/forks/source/checkpoints/step_00000002"
+    run_pretrain(tiny_overrides(python_help_64, tmp_path / "machine-b", "branch", **{
+        **common, "train.fork_from": url}), env=storage_env)
+    source, branch = tmp_path / "machine-a" / "source", tmp_path / "machine-b" / "branch"
+    assert [(r["step"], r["loss"]) for r in read_metrics(branch) if r["split"] == "train"] == \
+        [(r["step"], r["loss"]) for r in read_metrics(source) if r["split"] == "train" and r["step"] > 2]
+    assert f"from {url} (copied to" in (branch / "train.log").read_text()
+    assert {key: remote_etag(key) for key in objects(f"s3://{BUCKET}/forks")} == before
+    missing = run_pretrain(tiny_overrides(python_help_64, tmp_path / "machine-b", "other", **{
+        **common, "train.fork_from": url.replace("00000002", "00000003")}), env=storage_env, check=False)
+    out = missing.stdout + missing.stderr
+    assert missing.returncode == 1 and "the complete checkpoints of s3://" in out and "step_00000004" in out, out
+    assert not (tmp_path / "machine-b" / "other").exists()
+
+
+def remote_etag(key: str) -> str:
+    """The object's ETag (a digest of its content) and modification time, as the store reports them."""
+    from deberta_pretrain import remote
+
+    fs, path = remote.filesystem(f"s3://{BUCKET}/forks/{key}")
+    info = fs.info(path, refresh=True)
+    return f"{info.get('ETag')} {info.get('LastModified')}"

@@ -3,7 +3,8 @@ weights, optimizer moments, the schedule's step, the data position and the rando
 the step). What resuming may change may change here (the schedule: a decay branch; the engine: another process
 count or ZeRO stage), and the mixture too: from the fork's step on, each source is read where the new mixture's
 interleave puts it at that sample index. The source run is only read: a checkpoint that must be converted for
-another process count is converted into the fork's own folder.
+another process count is converted into the fork's own folder; one in object storage is downloaded into the user's
+cache first (``fetch_source``).
 
 A fork that was stopped and is started again resumes from its own checkpoints, like any run.
 """
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from .checkpoint import FINETUNE_RESULTS_MARKER, Checkpointer, checkpoint_tags, find_checkpoint, is_run_directory
-from .checkpoint import usable_checkpoints
+from .. import remote
+from .checkpoint import FINETUNE_RESULTS_MARKER, Checkpointer, checkpoint_problem, checkpoint_tags, find_checkpoint
+from .checkpoint import is_run_directory, usable_checkpoints
+from .mirror import fetch_checkpoint
 
 logger = logging.getLogger("deberta_pretrain")
 STEP_FOLDER = re.compile(r"step_\d+$")
@@ -31,17 +34,56 @@ class ForkSource:
     root: str
     tag: str
     run_dir: str
+    url: str | None = None  # where it came from, for a checkpoint downloaded from object storage
 
     @property
     def path(self) -> str:
         return os.path.join(self.root, self.tag)
+
+    @property
+    def label(self) -> str:
+        """The checkpoint as the user knows it."""
+        return f"{self.url} (copied to {self.path})" if self.url else self.path
+
+
+def remote_parts(fork_from: str) -> tuple[str, str | None, str]:
+    """(the run's URL, the checkpoint's tag or None for the newest, the local copy's run folder) of a fork from
+    object storage: ``s3://.../<run>`` or ``s3://.../<run>/checkpoints/step_N``."""
+    url = fork_from.rstrip("/")
+    tag = url.rsplit("/", 1)[-1] if STEP_FOLDER.search(url) else None
+    run_url = url.rsplit("/checkpoints/", 1)[0] if tag else url
+    return run_url, tag, remote.cache_dir("forks", remote.local_name(run_url))
+
+
+def local_copy(fork_from: str) -> str:
+    """Where a fork from object storage reads its checkpoint: the run folder of its copy in the user's cache, or
+    the step's folder in it."""
+    _, tag, folder = remote_parts(fork_from)
+    return os.path.join(folder, "checkpoints", tag) if tag else folder
+
+
+def fetch_source(fork_from: str) -> None:
+    """Download the checkpoint a fork from object storage starts from into :func:`local_copy` (once: a complete
+    copy is kept), complete.json last as a fresh machine resumes; ``ValueError`` naming the URL and what is
+    wrong."""
+    run_url, tag, folder = remote_parts(fork_from)
+    if tag and checkpoint_problem(local_copy(fork_from)) is None:
+        return
+    parent, name = run_url.rsplit("/", 1)
+    try:
+        remote.check_reachable(run_url, "train.fork_from")
+        fetched = fetch_checkpoint(parent, name, folder, tag)
+    except OSError as e:
+        raise ValueError(f"train.fork_from: cannot download from {run_url}: {e}") from None
+    if fetched is None:
+        raise ValueError(f"train.fork_from: {run_url} holds no complete checkpoint")
 
 
 def fork_source(fork_from: str, run_dir: str) -> ForkSource:
     """The checkpoint ``train.fork_from`` names (a run directory: its newest complete checkpoint; or one
     ``checkpoints/step_N``); ``ValueError`` naming what is wrong: no checkpoint, a step that does not exist (with
     the ones that do), a fine-tuning results folder, the fork's own directory, or a ``name`` that is another run."""
-    path = os.path.abspath(fork_from)
+    path = local_copy(fork_from) if remote.is_remote(fork_from) else os.path.abspath(fork_from)
     if STEP_FOLDER.search(os.path.basename(path)) and not os.path.exists(path):
         folder = os.path.dirname(path)
         there = usable_checkpoints(folder)[0] if os.path.isdir(folder) else []
@@ -56,8 +98,8 @@ def fork_source(fork_from: str, run_dir: str) -> ForkSource:
     if os.path.realpath(source_run) == os.path.realpath(run_dir):
         raise ValueError(f"train.fork_from: {path} is this run's own checkpoint; a fork needs a new name= (to "
                          f"continue this run, drop train.fork_from)")
-    check_new_run(run_dir, path)
-    return ForkSource(root, tag, source_run)
+    check_new_run(run_dir, fork_from)
+    return ForkSource(root, tag, source_run, fork_from if remote.is_remote(fork_from) else None)
 
 
 def check_new_run(run_dir: str, fork_from: str) -> None:
@@ -72,7 +114,9 @@ def check_new_run(run_dir: str, fork_from: str) -> None:
     if os.path.isfile(recorded):
         with open(recorded, encoding="utf-8") as f:
             source = ((yaml.safe_load(f) or {}).get("train") or {}).get("fork_from")
-    if source is None or os.path.abspath(source) != fork_from:
+    same = source is not None and (source == fork_from if remote.is_remote(fork_from)
+                                   else os.path.abspath(source) == os.path.abspath(fork_from))
+    if not same:
         raise ValueError(f"name: {run_dir} is an existing run{'' if source is None else f' forked from {source}'}; "
                          f"a fork starts a new run: choose another name= (nothing was changed)")
 

@@ -43,12 +43,18 @@ def complete_remote_tags(url: str) -> tuple[list[str], list[str]]:
     return complete, interrupted
 
 
-def fetch_checkpoint(remote_dir: str, name: str, run_dir: str) -> str | None:
-    """Download the newest complete checkpoint of the mirrored run (and the files resuming reads) into ``run_dir``;
-    returns its tag, or None when the mirror has none. Its files are checked against the sizes ``complete.json``
-    records; ``complete.json`` is written last, so an interrupted download is never trusted."""
+def fetch_checkpoint(remote_dir: str, name: str, run_dir: str, tag: str | None = None) -> str | None:
+    """Download the newest complete checkpoint of the mirrored run (``tag``: that one; ``ValueError`` naming the
+    complete ones when it is not one of them) and the files resuming reads into ``run_dir``; returns its tag, or
+    None when the mirror has none. Its files are checked against the sizes ``complete.json`` records;
+    ``complete.json`` is written last, so an interrupted download is never trusted."""
     url = remote_run(remote_dir, name)
     complete, interrupted = complete_remote_tags(url)
+    if tag is not None:
+        if tag not in complete:
+            raise ValueError(f"{remote.join(url, 'checkpoints', tag)} is not a complete checkpoint; the complete "
+                             f"checkpoints of {url} are: {', '.join(sorted(complete)) or 'none'}")
+        complete, interrupted = [tag], []
     newer = [t for t in interrupted if not complete or step_of(t) > step_of(complete[0])]
     if newer:
         logger.warning("ignoring checkpoints in %s whose upload never completed (no complete.json): %s",

@@ -26,7 +26,7 @@ from .engine import EngineSpec, build_engine, check_compiler, check_engine_optio
 from ..objectives import build_objective
 from .initial_weights import objective_with_weights
 from .checkpoint import is_run_directory, usable_checkpoints
-from .fork import check_new_run, fork_source, is_restart
+from .fork import check_new_run, fetch_source, fork_source, is_restart
 from .mirror import fetch_checkpoint
 from .run_log import RunLog, settings_digest
 
@@ -144,6 +144,8 @@ class Run:
             self._agree(self._restore_from_mirror)
         self.fork = None  # the checkpoint a fork starts from (train.fork_from), until it has checkpoints of its own
         if cfg.train.fork_from:
+            if remote.is_remote(cfg.train.fork_from) and not is_restart(self.run_dir):  # one download per node
+                self._agree(lambda: fetch_source(cfg.train.fork_from) if self.local_rank == 0 else None)
             self._agree(self._locate_fork)
         self._agree(self._check_inputs)
 
@@ -168,7 +170,7 @@ class Run:
 
     def _locate_fork(self) -> None:
         if is_restart(self.run_dir):
-            check_new_run(self.run_dir, os.path.abspath(self.cfg.train.fork_from))  # the same fork, started again
+            check_new_run(self.run_dir, self.cfg.train.fork_from)  # the same fork, started again
             if self.rank == 0:
                 logger.info("%s has checkpoints of its own: it resumes from them; train.fork_from is not read again",
                             self.run_dir)

@@ -160,7 +160,7 @@ def fork_start(run: Run, checkpointer: Checkpointer):
         engine = run.build_engine(load_universal=universal)
         step, state = reader.load(engine, load_tag)
     except CheckpointError as e:
-        raise SystemExit(f"error: train.fork_from: {source.path} cannot be loaded: {e}") from e
+        raise SystemExit(f"error: train.fork_from: {source.label} cannot be loaded: {e}") from e
     if universal:
         optim.repair_after_universal_load(engine)
     state.pop("wandb_id", None)  # the fork logs as a run of its own
@@ -194,7 +194,7 @@ def start_or_resume(run: Run, checkpointer: Checkpointer):
     run.prepare_run_dir()
     if start_step and run.rank == 0 and run.fork is not None:
         logger.info("forked %s from %s at step %d: its weights, optimizer moments, schedule step, data position and "
-                    "random state (the source is only read)", run.run_dir, run.fork.path, start_step)
+                    "random state (the source is only read)", run.run_dir, run.fork.label, start_step)
         record_changes(changes, run.run_dir, start_step, fork=True)
     elif start_step and run.rank == 0:
         logger.info("resuming %s from step %d (checkpoint %s)", run.run_dir, start_step,
