@@ -145,15 +145,21 @@ def gpu_tests(args, log: Log) -> dict:
 
 # ---- 3. throughput ---------------------------------------------------------------------------------------------
 def throughput(args, log: Log) -> dict:
-    json_path = os.path.join(args.work, "throughput.json")
-    cmd = [sys.executable, "benchmarks/throughput.py", "--out", json_path, "--rtd"]
     if args.dry_run:
-        cmd += ["--device", "cpu", "--model", "tiny", "--lengths", "32", "64", "--tokens-per-step", "128",
-                "--steps", "1", "--warmup", "0", "--backends", "flash", "sdpa", "eager"]
+        options = ["--device", "cpu", "--model", "tiny", "--lengths", "32", "64", "--tokens-per-step", "128",
+                   "--steps", "1", "--warmup", "0", "--backends", "flash", "sdpa", "eager"]
     else:
-        cmd += ["--model", "deberta-v3-base", "--dtype", "bf16", "--lengths", "128", "512", "2048", "8192",
-                "--tokens-per-step", "16384", "--backends", "flash", "sdpa", "eager"]
-    result = run_command(cmd, log, args.caps["throughput"], args.budget)
+        options = ["--model", "deberta-v3-base", "--dtype", "bf16", "--lengths", "128", "512", "2048", "8192",
+                   "--tokens-per-step", "16384", "--backends", "flash", "sdpa", "eager"]
+    return throughput_report(args, log, "throughput", ["--rtd", *options])
+
+
+def throughput_report(args, log: Log, step: str, options: list[str]) -> dict:
+    """Run benchmarks/throughput.py with ``options``; its report, and ``failed`` for a contender that erred or (on a
+    GPU, where it must not) a flash row whose fused kernel never ran."""
+    json_path = os.path.join(args.work, f"{step}.json")
+    cmd = [sys.executable, "benchmarks/throughput.py", "--out", json_path, *options]
+    result = run_command(cmd, log, args.caps[step], args.budget)
     result["status"] = "ok" if result["returncode"] == 0 and os.path.exists(json_path) else "failed"
     if os.path.exists(json_path):
         with open(json_path, encoding="utf-8") as f:
@@ -161,9 +167,9 @@ def throughput(args, log: Log) -> dict:
         errors = [f"L={row['length']} {r['model']}: {r['error']}" for row in result["report"]["rows"]
                   for r in row["results"] if "error" in r]
         if not args.dry_run:  # on the CPU flash falls back to sdpa by design; on a GPU it must not
-            errors += [f"L={row['length']} ours-flash: the fused kernel never ran (fell back to sdpa)"
+            errors += [f"L={row['length']} {r['model']}: the fused kernel never ran (fell back to sdpa)"
                        for row in result["report"]["rows"] for r in row["results"]
-                       if r["model"] == "ours-flash" and r.get("fused_kernel_used") is False]
+                       if r["model"].startswith("ours-flash") and r.get("fused_kernel_used") is False]
         if errors:
             result["status"], result["errors"] = "failed", errors
     return result
@@ -172,28 +178,13 @@ def throughput(args, log: Log) -> dict:
 # ---- 5. speed recipe --------------------------------------------------------------------------------------------
 def speed_recipe(args, log: Log) -> dict:
     """Compiled vs not, packed documents vs full blocks, in one throughput run (last: it may use what is left)."""
-    json_path = os.path.join(args.work, "speed_recipe.json")
-    cmd = [sys.executable, "benchmarks/throughput.py", "--out", json_path, "--compile", "--documents"]
     if args.dry_run:  # one compile of the tiny model proves the commands; the RTD compile is tests/test_compile.py's
-        cmd += ["--device", "cpu", "--model", "tiny", "--lengths", "32", "--tokens-per-step", "64", "--steps", "1",
-                "--warmup", "1", "--backends", "sdpa", "--hf-max-length", "0"]
+        options = ["--device", "cpu", "--model", "tiny", "--lengths", "32", "--tokens-per-step", "64", "--steps", "1",
+                   "--warmup", "1", "--backends", "sdpa", "--hf-max-length", "0"]
     else:
-        cmd += ["--rtd", "--model", "deberta-v3-base", "--dtype", "bf16", "--lengths", "512", "--tokens-per-step",
-                "16384", "--steps", "5", "--warmup", "2", "--backends", "flash", "sdpa", "--hf-max-length", "0"]
-    result = run_command(cmd, log, args.caps["speed_recipe"], args.budget)
-    result["status"] = "ok" if result["returncode"] == 0 and os.path.exists(json_path) else "failed"
-    if os.path.exists(json_path):
-        with open(json_path, encoding="utf-8") as f:
-            result["report"] = json.load(f)
-        errors = [f"L={row['length']} {r['model']}: {r['error']}" for row in result["report"]["rows"]
-                  for r in row["results"] if "error" in r]
-        if not args.dry_run:
-            errors += [f"{r['model']}: the fused kernel never ran" for row in result["report"]["rows"]
-                       for r in row["results"]
-                       if r["model"].startswith("ours-flash") and not r.get("fused_kernel_used")]
-        if errors:
-            result["status"], result["errors"] = "failed", errors
-    return result
+        options = ["--rtd", "--model", "deberta-v3-base", "--dtype", "bf16", "--lengths", "512", "--tokens-per-step",
+                   "16384", "--steps", "5", "--warmup", "2", "--backends", "flash", "sdpa", "--hf-max-length", "0"]
+    return throughput_report(args, log, "speed_recipe", ["--compile", "--documents", *options])
 
 
 # ---- 4. pretraining runs ---------------------------------------------------------------------------------------
