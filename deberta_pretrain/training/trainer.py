@@ -187,6 +187,9 @@ def start_or_resume(run: Run, checkpointer: Checkpointer):
     changes recorded, or started fresh; the run directory is written only now, so that a refused resume leaves every
     file as it was."""
     engine, start_step, saved_state, changes = resume_or_start(run, checkpointer)
+    if start_step >= run.cfg.train.max_steps and run.fork is not None:
+        raise SystemExit(f"error: train.fork_from: {run.fork.label} is at step {start_step} and train.max_steps="
+                         f"{run.cfg.train.max_steps}: the fork has nothing to train; raise train.max_steps")
     if start_step >= run.cfg.train.max_steps:
         raise RunFinished(start_step)
     if start_step:
