@@ -184,3 +184,30 @@ def test_the_two_source_recipe_runs_as_written(tmp_path):
     assert [(r["samples/help"], r["samples/notes"]) for r in train] == [(11, 5), (22, 10)]  # 0.7 / 0.3 of 16, 32
     for name in ("loss", "accuracy"):
         assert os.path.isfile(tmp_path / "outputs" / "mixture" / "plots" / f"{name}.png")
+
+
+@pytest.mark.slow
+def test_the_decay_branch_recipe_runs_as_written(tmp_path):
+    """The small warmup-stable-decay recipe of docs/mixtures-and-phases.md, with its step counts and forks as
+    written (smaller batches): each branch forks at the stable peak and its first loss is the stable run's at that
+    step, its rate has decayed to 0 by its end, and compare.png draws them."""
+    block = next(b for b in bash_blocks(os.path.join(ROOT, "docs", "mixtures-and-phases.md"))
+                 if any("name=decay-20" in command for command in b))
+    smaller = ["train.global_batch_size=8", "train.micro_batch_size=8", "train.eval_samples=8", "train.log_every=1",
+               "logging.wandb.mode=disabled", "logging.progress_bar=false"]
+    for command in block:
+        words = [sys.executable if w == "python" else w for w in shlex.split(command)]
+        words = [re.sub(r"(^|=|\[|,)(data|outputs)/", lambda m: f"{m.group(1)}{tmp_path}/{m.group(2)}/", w)
+                 for w in words]
+        if words[1].endswith("launch/pretrain.py"):
+            words += [f"output_root={tmp_path / 'outputs'}", *smaller, f"data.path={tmp_path}/data/python-help"]
+        result = subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    runs = {name: {r["step"]: r for r in read_metrics(tmp_path / "outputs" / name) if r["split"] == "train"}
+            for name in ("stable", "decay-20", "decay-40")}
+    for branch, at in (("decay-20", 20), ("decay-40", 40)):
+        first = min(runs[branch])
+        assert first == at + 1 and runs[branch][first]["loss"] == runs["stable"][first]["loss"]
+        assert runs["stable"][at]["lr"] == 1e-3 and runs[branch][max(runs[branch])]["lr"] == 0.0  # peak; decayed
+    assert os.path.isfile(tmp_path / "outputs" / "stable" / "plots" / "compare.png")
