@@ -61,7 +61,8 @@ def test_every_zero_stage_exports_the_same_weights(runs, tmp_path):
 def test_release_export_loads_through_load_model_with_identical_outputs(runs, tmp_path):
     out = tmp_path / "release"
     export(runs / "zero2" / "checkpoints" / "step_00000002", out, "format=release")
-    assert sorted(os.listdir(out)) == ["bpe_encoder.bin", "export.json", "model_config.json", "pytorch_model.bin"]
+    assert sorted(os.listdir(out)) == ["README.md", "bpe_encoder.bin", "export.json", "model_config.json",
+                                       "pytorch_model.bin"]
     assert json.load(open(out / "model_config.json"))["pos_att_type"] == "p2c|c2p"
     loaded = MaskedLanguageModel.load_model(str(out), strict=True).eval()
     # Reference: DeepSpeed's own consolidation of the same checkpoint, loaded by hand.

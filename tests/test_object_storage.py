@@ -211,7 +211,7 @@ def test_export_to_storage_and_start_from_it(python_help_64, storage_env, tmp_pa
     run_pretrain(tiny_overrides(python_help_64, tmp_path, "run", **{"train.max_steps": 2}))
     url = f"s3://{BUCKET}/exports/run"
     assert export(tmp_path / "run", url, fmt="release") == url
-    assert objects(url) == ["bpe_encoder.bin", "export.json", "model_config.json", "pytorch_model.bin"]
+    assert objects(url) == ["README.md", "bpe_encoder.bin", "export.json", "model_config.json", "pytorch_model.bin"]
     with pytest.raises(FileExistsError, match="holds an earlier export"):
         export(tmp_path / "run", url, fmt="release")
     trained, _ = trained_models(str(tmp_path / "run")).model

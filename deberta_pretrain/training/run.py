@@ -127,8 +127,8 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 class Run:
     """Everything checked and built before the first step."""
 
-    def __init__(self, cfg, run_log: RunLog):
-        self.cfg, self.run_log = cfg, run_log
+    def __init__(self, cfg, run_log: RunLog | None = None):
+        self.cfg, self.run_log = cfg, run_log or RunLog(enabled=False)  # without one, train.log is not written
         self.resuming = False  # set once the objective is built: whether the run's own checkpoint is resumed
         self.rank, self.world, self.local_rank = distributed.init_distributed()
         self.on_gpu = not distributed.on_cpu()

@@ -255,23 +255,24 @@ def pretrain(cfg) -> dict:
         run = Run(cfg, run_log)
         checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank,
                                     run.world, cfg.deepspeed.zero_stage)
+        finished_before = None  # the step of a run that was finished when this command started
         with RunMirror(run.run_dir, cfg.train.remote_dir, cfg.name, cfg.train.keep_last, run.rank == 0) as mirror:
             checkpointer.retain = mirror.keeps
             try:
                 last, stopped = train(run, checkpointer, mirror)
             except RunFinished as finished:
-                if run.rank == 0:
-                    logger.info("%s is finished: its checkpoint is at step %d of train.max_steps=%d; nothing was "
-                                "trained or changed (raise train.max_steps to train further). Next: %s",
-                                run.run_dir, finished.step, cfg.train.max_steps, next_steps(run.run_dir, cfg.name))
-                return {}
+                last, stopped, finished_before = {}, False, finished.step
         if run.rank == 0:
             checkpointer.prune()  # what waited for its upload
         if stopped:
             raise SystemExit(EXIT_STOPPED)
         if not mirror.complete:
             raise SystemExit(EXIT_NOT_MIRRORED)
-        if run.rank == 0:
+        if run.rank == 0 and finished_before is not None:
+            logger.info("%s is finished: its checkpoint is at step %d of train.max_steps=%d; nothing was trained or "
+                        "changed (raise train.max_steps to train further). Next: %s", run.run_dir, finished_before,
+                        cfg.train.max_steps, next_steps(run.run_dir, cfg.name))
+        elif run.rank == 0:
             logger.info("finished %s at step %d%s. Next: %s", run.run_dir, cfg.train.max_steps,
                         f", mirrored to {mirror.url}" if mirror.url else "", next_steps(run.run_dir, cfg.name))
         return last
