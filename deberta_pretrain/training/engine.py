@@ -51,11 +51,6 @@ def check_engine_options(spec: EngineSpec, world_size: int, on_gpu: bool) -> int
     accumulation = accumulation_steps(spec.global_batch_size, spec.micro_batch_size, world_size, spec.global_key)
     if spec.deepspeed.offload and spec.deepspeed.zero_stage < 1:
         raise ValueError("deepspeed.offload needs deepspeed.zero_stage >= 1")
-    if spec.compile and spec.deepspeed.zero_stage == 3:
-        # Under ZeRO-3 the model reads partitioned parameters outside their modules' forward (the tied MLM decoder,
-        # the relative-position table), which torch.compile traces as empty tensors.
-        raise ValueError("impl.compile=true does not work with deepspeed.zero_stage=3 (partitioned parameters); use "
-                         "ZeRO 0-2 (deepspeed=zero2-offload offloads the optimizer) or impl.compile=false")
     if spec.precision == "fp16" and not on_gpu:
         raise ValueError("precision=fp16 needs a GPU (the CPU has no fp16 kernels); use precision=bf16 or fp32")
     zero = extra_options(spec).get("zero_optimization")
@@ -143,11 +138,28 @@ def build_engine(model: torch.nn.Module, spec: EngineSpec, world_size: int, on_g
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=config)
     if spec.compile:
+        if spec.deepspeed.zero_stage == 3:
+            gather_shared_tables(engine.module)
         # DeepSpeed compiles the module in place (nn.Module.compile): parameter names, and so checkpoints, are
         # those of the eager module, and its ZeRO hooks stay outside the graph. Compilation happens at the first
         # forward of each mode (training, evaluation).
         engine.compile(backend="inductor")
     return engine
+
+
+SHARED_TABLES = ("word_embeddings.weight", "position_embeddings.weight", "rel_embeddings.weight")
+
+
+def gather_shared_tables(model: torch.nn.Module) -> None:
+    """ZeRO-3 under torch.compile: the tables the model reads outside their own modules' forward (the tied MLM
+    decoder, the relative-position table, the tables RTD shares) are registered with the top module, whose hooks
+    gather them before the forward starts. Eagerly, ZeRO-3 finds such reads as they happen; the compiled graph would
+    see them as empty partitions."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter  # noqa: PLC0415
+
+    for name, parameter in model.named_parameters():
+        if name.endswith(SHARED_TABLES):
+            register_external_parameter(model, parameter)
 
 
 def check_compiler(device: torch.device) -> None:
