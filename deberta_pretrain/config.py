@@ -18,6 +18,7 @@ from omegaconf import MISSING, OmegaConf
 from .choices import ATTENTION_BACKENDS, EMBEDDING_SHARING
 from .config_keys import check_keys
 from .data.corpus import configured_sources
+from .data.streaming import parse_size
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
@@ -96,6 +97,8 @@ class DataSchema:
     verify: str = MISSING  # full | size | none: shard checks at start-up
     stage_dir: Optional[str] = MISSING  # node-local directory to copy the data to before training (multi-node)
     document_attention: bool = MISSING  # packed documents attend only within themselves, positions restart
+    cache_limit: Any = MISSING  # data in object storage: stream training shards through this many bytes (or "2GB")
+    shuffle_window: Optional[int] = MISSING  # shards per window of the shuffle; null: the whole dataset
 
 
 @dataclass
@@ -213,6 +216,12 @@ def validate(cfg) -> None:
     choice("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
     choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     choice("data.verify", cfg.data.verify, ("full", "size", "none"))
+    if cfg.data.cache_limit is not None:
+        parse_size(cfg.data.cache_limit)
+    window = cfg.data.shuffle_window
+    if window is not None and window < 1:
+        raise ValueError(f"data.shuffle_window must be a number of shards >= 1 (or null: one window over the whole "
+                         f"dataset), got {window}")
     choice("impl.attention_backend", cfg.impl.attention_backend, ATTENTION_BACKENDS)
     for key in ("train.max_steps", "train.global_batch_size", "train.micro_batch_size", "train.checkpoint_every",
                 "train.eval_every", "train.log_every", "train.keep_last"):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 S3_OPTIONS = {
     # fail fast and let callers retry with their own backoff, so that a lost endpoint costs seconds
@@ -24,6 +25,10 @@ S3_OPTIONS = {
 
 for _name in ("botocore", "aiobotocore", "s3fs", "fsspec"):  # their INFO lines ("Found credentials ...") are noise
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+logger = logging.getLogger("deberta_pretrain")
+RETRY_DELAYS = (1, 2, 4)  # seconds between the attempts of one transfer (each attempt retries once itself)
 
 
 class StorageError(OSError):
@@ -69,6 +74,23 @@ def check_reachable(url: str, key: str) -> None:
     except Exception as e:  # noqa: BLE001 - credentials, endpoint, network: all are named the same way
         raise StorageError(f"{key}: {url}: cannot use the bucket {bucket} ({describe(e)}); check AWS_ACCESS_KEY_ID, "
                            f"AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL (or your fsspec configuration)") from e
+
+
+def with_retries(action, what: str, final: tuple = ()):
+    """``action()``, attempted again after each of :data:`RETRY_DELAYS` when it fails (a warning each time);
+    ``StorageError`` naming ``what`` when the last attempt fails too. Exceptions of the ``final`` types are not
+    retried (a missing object, a full disk: waiting does not help)."""
+    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+        try:
+            return action()
+        except final:
+            raise
+        except Exception as e:  # noqa: BLE001 - storage errors come in many types; all are retried
+            error = e
+            logger.warning("%s failed (attempt %d of %d): %s", what, attempt + 1, len(RETRY_DELAYS) + 1, describe(e))
+        if delay is not None:
+            time.sleep(delay)
+    raise StorageError(f"{what}: {describe(error)}")
 
 
 def exists(url: str) -> bool:

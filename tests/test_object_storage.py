@@ -3,7 +3,6 @@ on localhost (no other network). Credentials and the endpoint reach every comman
 environment, as they would on a cloud machine."""
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -15,39 +14,14 @@ import torch
 
 from deberta_pretrain.training.metrics import read_metrics
 from pretrain_helpers import ROOT, fault_env, module_state, run_pretrain, tiny_overrides
+from storage_helpers import BUCKET, SECRET, S3Server
 
 pytestmark = pytest.mark.slow
-SECRET = "s3cret-value-that-must-not-leak"
-BUCKET = "team-bucket"
-
-
-class S3Server:
-    """moto's S3 server in this process; its state (buckets, objects) survives a stop and a restart."""
-
-    def __init__(self, port: int = 0):
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-        self.server.start()
-        host, self.port = self.server.get_host_and_port()
-        self.url = f"http://{host}:{self.port}"
-
-    def stop(self):
-        self.server.stop()
-
-    def env(self, **extra) -> dict:
-        return {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": self.url,
-                "AWS_DEFAULT_REGION": "us-east-1", **extra}
 
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server()
-    import boto3
-
-    boto3.client("s3", endpoint_url=server.url, aws_access_key_id="team-key", aws_secret_access_key=SECRET,
-                 region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    server = S3Server(bucket=BUCKET)
     yield server
     server.stop()
 

@@ -8,6 +8,8 @@ from their sizes and ``data.alpha`` (``mixture.source_shares``).
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 from dataclasses import dataclass
 
@@ -17,7 +19,8 @@ from .mixture import check_source_name, source_shares, stream_key
 from .sampler import StepSampler
 from .shards import DataError, ShardedDataset, read_manifest
 from .shards import vocab_path as manifest_vocab_path
-from .staging import fetch_dataset, stage_dataset, staged_path
+from .staging import fetch_dataset, remote_manifest, stage_dataset, staged_path
+from .streaming import ShardCache, StreamedShards, StreamedSource, cache_need, human, parse_size
 
 SOURCE_KEYS = ("path", "weight")
 
@@ -31,8 +34,9 @@ class Source:
     weight: float | None = None
     local: str = ""  # where it is read: ``path``, or its node-local copy under ``data.stage_dir``
     share: float = 1.0
-    train: ShardedDataset | None = None
+    train: ShardedDataset | StreamedShards | None = None
     validation: ShardedDataset | None = None
+    manifest: dict | None = None  # a streamed source's manifest (its copy holds none: ``streaming``)
 
     @property
     def key(self) -> str:
@@ -81,6 +85,16 @@ class Corpus:
         self.sources = configured_sources(data)
         self.tokens: dict = {}
         self.used: list[Source] = self.sources  # the sources with a positive share, in sampler order
+        self.cache_limit = parse_size(data.cache_limit) if data.get("cache_limit") is not None else None
+        self.fetcher_here = False  # this process fetches the node's streamed shards (the node's first rank)
+        self.cache: ShardCache | None = None
+        self.waited = multiprocessing.Value("d", 0.0)  # seconds this process's reads waited for streamed shards
+        self._waited_reported = 0.0
+
+    @property
+    def streamed(self) -> list[Source]:
+        """The sources whose training shards are streamed through the cache (``data.cache_limit``)."""
+        return [source for source in self.sources if source.manifest is not None]
 
     @property
     def mixture(self) -> bool:
@@ -97,12 +111,22 @@ class Corpus:
             named = ", ".join(f"{s.name} ({s.path})" for s in same)
             raise ValueError(f"data.sources: {named} are the same data ({path}); give it once, with the sum of "
                              f"their weights")
+        if self.cache_limit is not None and not any(remote.is_remote(s.path) for s in self.sources):
+            raise ValueError(f"data.cache_limit streams data from object storage, but {self.sources[0].key}="
+                             f"{self.sources[0].path} is local (read in place, or copied whole with data.stage_dir); "
+                             f"drop data.cache_limit")
+        self.fetcher_here = copy_here
         for source in self.sources:
             if remote.is_remote(source.path):
                 remote.check_reachable(source.path, source.key)
                 stage_dir = self.data.stage_dir or remote.cache_dir("data")
-                source.local = fetch_dataset(source.path, stage_dir) if copy_here else staged_path(source.path,
-                                                                                                    stage_dir)
+                source.local = staged_path(source.path, stage_dir)
+                if self.cache_limit is not None and not os.path.isfile(os.path.join(source.local, "manifest.json")):
+                    source.manifest = json.loads(remote_manifest(source.path))  # a complete copy is read as it is
+                    if copy_here:
+                        fetch_dataset(source.path, stage_dir, stream=True)
+                elif copy_here:
+                    fetch_dataset(source.path, stage_dir)
                 continue
             if os.path.isfile(source.path):
                 raise ValueError(f"{source.key}: {source.path} is a file; give the folder data_prep/prepare.py "
@@ -127,7 +151,7 @@ class Corpus:
                 raise DataError(f"{source.key}: {source.path} is not prepared data (no manifest.json; it holds "
                                 f"{describe_folder(source.path)})")
             try:
-                manifests[source.name] = read_manifest(source.local)
+                manifests[source.name] = source.manifest or read_manifest(source.local)
             except DataError as e:
                 raise DataError(f"{source.key}: {e}") from e
         first = self.sources[0]
@@ -150,15 +174,18 @@ class Corpus:
     def open(self, verify: str, expected_vocab: dict) -> None:
         """Open the train and validation splits of every source (``verify``: see ``ShardedDataset``)."""
         for source in self.sources:
-            source.train = ShardedDataset(source.local, "train", verify=verify, expected_vocab=expected_vocab)
+            if source.manifest is not None:
+                source.train = StreamedShards(source.local, source.manifest, self.waited)
+            else:
+                source.train = ShardedDataset(source.local, "train", verify=verify, expected_vocab=expected_vocab)
             source.validation = ShardedDataset(source.local, "validation", verify=verify,
-                                               expected_vocab=expected_vocab)
+                                               expected_vocab=expected_vocab, manifest=source.manifest)
             if len(source.train) == 0 and source.share > 0:
                 raise ValueError(f"{source.key}: {source.path} has no training samples")
 
     @property
     def vocab_path(self) -> str:
-        return manifest_vocab_path(self.sources[0].local)
+        return manifest_vocab_path(self.sources[0].local, self.sources[0].manifest)
 
     @property
     def max_seq_length(self) -> int:
@@ -170,10 +197,64 @@ class Corpus:
 
     def sampler(self, seed: int, global_batch_size: int, micro_batch_size: int, world_size: int,
                 rank: int) -> StepSampler:
-        """The step sampler over the sources with a positive share."""
+        """The step sampler over the sources with a positive share (``data.shuffle_window`` decides the order
+        within each epoch)."""
         used = self.used
         return StepSampler([len(s.train) for s in used], seed, global_batch_size, micro_batch_size, world_size, rank,
-                           [s.share for s in used], [stream_key(s.name) for s in used])
+                           [s.share for s in used], [stream_key(s.name) for s in used],
+                           [[shard["num_samples"] for shard in s.train.shards] for s in used], self.data.shuffle_window)
+
+    # ---- streaming (data.cache_limit) --------------------------------------------------------------------------
+    def _streamed_sources(self) -> list[StreamedSource]:
+        return [StreamedSource(index, s.path, s.local, s.train.shards) for index, s in enumerate(self.used)
+                if s.manifest is not None]
+
+    def check_cache_limit(self, seed: int, global_batch_size: int, max_steps: int) -> str | None:
+        """``ValueError`` when ``data.cache_limit`` cannot hold what one step reads and the window after it (with
+        the number needed); else a description of the streaming, for the start-up line (None: nothing streamed)."""
+        if not self.streamed:
+            return None
+        sampler = self.sampler(seed, global_batch_size, global_batch_size, 1, 0)
+        need = cache_need(sampler, self._streamed_sources(), 0, max_steps)
+        window = self.data.shuffle_window
+        shards = f"data.shuffle_window={window} shards" if window else "data.shuffle_window=null: the whole dataset"
+        if need > self.cache_limit:
+            raise ValueError(f"data.cache_limit={self.data.cache_limit} ({human(self.cache_limit)}) cannot hold the "
+                             f"training shards a step reads and the window after them: {need} bytes "
+                             f"({human(need)}) with {shards}; raise data.cache_limit to at least {need} or lower "
+                             f"data.shuffle_window")
+        outside = sum(os.path.getsize(os.path.join(s.local, f)) for s in self.streamed
+                      for f in os.listdir(s.local) if not f.startswith("train-"))
+        return (f"streaming {', '.join(s.label for s in self.streamed)} into {', '.join(s.local for s in self.streamed)}"
+                f": training shards within data.cache_limit={human(self.cache_limit)} (two windows need at most "
+                f"{human(need)}; {shards}); the vocabulary, manifest and validation shards ({human(outside)}) are "
+                f"outside the limit")
+
+    def start_reading(self, seed: int, global_batch_size: int, step: int) -> str | None:
+        """On the node's first rank with streamed sources: fetch what ``step`` reads (the next window too, if it
+        fits), and keep fetching ahead in the background; returns what was fetched (None elsewhere)."""
+        if not (self.fetcher_here and self._streamed_sources()):
+            return None
+        self.cache = ShardCache(self._streamed_sources(), self.sampler(seed, global_batch_size, global_batch_size, 1,
+                                                                       0), self.cache_limit)
+        return self.cache.start(step)
+
+    def step_done(self, step: int) -> None:
+        """The run reached ``step``: the cache may evict what earlier steps read and fetch further ahead."""
+        if self.cache is not None:
+            self.cache.step_done(step)
+
+    def reading_metrics(self) -> dict:
+        """For training records when streaming: seconds this process's reads waited for shards since the last call,
+        and the bytes of training shards in the node's cache."""
+        if not self.streamed:
+            return {}
+        waited, self._waited_reported = self.waited.value - self._waited_reported, self.waited.value
+        return {"data/fetch_wait_s": waited, "data/cache_bytes": self.cache.cache_bytes if self.cache else None}
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
 
     def train_item(self, source: int, epoch: int, index: int):
         """(sample key, block) of a training sample as the sampler names it (``source``: an index into ``used``);

@@ -1,7 +1,8 @@
 """Which samples each rank reads at each step.
 
 The run reads one global stream: position ``g`` is sample ``perm_e(g % N)`` of epoch ``e = g // N``, where
-``perm_e`` is a pseudo-random permutation of ``[0, N)`` keyed by ``(seed, e)``. Step ``s`` consumes positions
+``perm_e`` is the order of epoch ``e`` (``windows.EpochOrder``: a pseudo-random permutation of ``[0, N)`` keyed by
+``(seed, e)``, or with ``data.shuffle_window`` a shuffle of windows of shards). Step ``s`` consumes positions
 ``[s * global_batch, (s + 1) * global_batch)``; within them, micro-batch ``m`` of rank ``r`` takes the slice
 ``(m * world_size + r) * micro_batch`` of length ``micro_batch``. So every sample is read exactly once per epoch
 across all ranks of all nodes, the samples of a step do not depend on the world size, and resuming at step ``s``
@@ -11,10 +12,6 @@ A mixture of sources (``data.sources``) divides the same stream among them (``mi
 is position ``k`` of one source, which reads ``perm_e(k % N_j)`` of its own epoch ``e = k // N_j`` (permutations
 keyed by the source too). Each source starts its next epoch when it runs out, independently of the others, and all
 of the above still holds.
-
-The permutation is computed, not stored: a 4-round Feistel network over the smallest even number of bits covering
-``N``, with cycle walking (apply it again until the value falls below ``N``) to make it a bijection of ``[0, N)``.
-Memory is O(1) whatever the corpus size; a stored permutation would cost every rank 4-8 bytes per sample.
 """
 
 from __future__ import annotations
@@ -22,45 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from .mixture import Interleave
-
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a fast, well-mixing bijection of 64-bit integers."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-class FeistelPermutation:
-    """A keyed pseudo-random bijection of ``[0, n)``, evaluated element-wise on int arrays."""
-
-    ROUNDS = 4
-
-    def __init__(self, n: int, key: int):
-        self.n = int(n)
-        bits = max(2, int(self.n - 1).bit_length())
-        self.half = (bits + 1) // 2
-        self.low_mask = np.uint64((1 << self.half) - 1)
-        seq = np.random.SeedSequence(key).generate_state(self.ROUNDS, dtype=np.uint64)
-        self.round_keys = [np.uint64(k) for k in seq]
-
-    def _encrypt(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> np.uint64(self.half), x & self.low_mask
-        for key in self.round_keys:
-            left, right = right, left ^ (_mix(right ^ key) & self.low_mask)
-        return (left << np.uint64(self.half)) | right
-
-    def __call__(self, indices) -> np.ndarray:
-        with np.errstate(over="ignore"):  # the mixing multiplies modulo 2**64 on purpose
-            x = np.asarray(indices, dtype=np.uint64)
-            out = self._encrypt(x)
-            pending = out >= np.uint64(self.n)
-            while pending.any():  # cycle walking: the domain is at most 4n, so few rounds are needed
-                out[pending] = self._encrypt(out[pending])
-                pending = out >= np.uint64(self.n)
-        return out.astype(np.int64)
+from .permutation import FeistelPermutation
+from .windows import EpochOrder
 
 
 def accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int,
@@ -81,10 +41,12 @@ class StepSampler:
         sizes: the number of samples of the source, or of each source of a mixture.
         shares: each source's share of the stream (a mixture; see ``mixture.Interleave``); None for one source.
         stream_keys: per source, extra key material for its permutations (``mixture.stream_key``).
+        shard_samples: per source, the samples of each of its shards (needed with ``window``).
+        window: ``data.shuffle_window`` (shards per window), or None for one permutation of each whole source.
     """
 
     def __init__(self, sizes, seed: int, global_batch_size: int, micro_batch_size: int, world_size: int, rank: int,
-                 shares=None, stream_keys=None):
+                 shares=None, stream_keys=None, shard_samples=None, window: int | None = None):
         self.sizes = [int(sizes)] if np.isscalar(sizes) else [int(n) for n in sizes]
         if min(self.sizes) < 1:
             raise ValueError("the dataset has no samples")
@@ -93,19 +55,25 @@ class StepSampler:
         self.global_batch, self.micro, self.world, self.rank = global_batch_size, micro_batch_size, world_size, rank
         self.interleave = Interleave(list(shares) if shares is not None else [1.0] * len(self.sizes))
         self.stream_keys = [tuple(k) for k in stream_keys] if stream_keys is not None else [()] * len(self.sizes)
-        self._permutations: dict[tuple[int, int], FeistelPermutation] = {}
+        self.shard_samples = [list(s) for s in shard_samples] if shard_samples is not None else [[n] for n in
+                                                                                                 self.sizes]
+        if [sum(s) for s in self.shard_samples] != self.sizes:
+            raise ValueError("shard_samples must add up to the sizes of the sources")
+        self.window = window
+        self._orders: dict[tuple[int, int], EpochOrder] = {}
 
     @property
     def num_samples(self) -> int:
         return sum(self.sizes)
 
-    def permutation(self, source: int, epoch: int) -> FeistelPermutation:
-        if (source, epoch) not in self._permutations:
-            if len(self._permutations) >= 2 * len(self.sizes) + 2:  # a micro-batch mostly spans one or two epochs
-                self._permutations.pop(next(iter(self._permutations)))
-            self._permutations[source, epoch] = FeistelPermutation(self.sizes[source],
-                                                                   [self.seed, epoch, *self.stream_keys[source]])
-        return self._permutations[source, epoch]
+    def epoch_order(self, source: int, epoch: int) -> EpochOrder:
+        """The order of ``epoch`` of ``source`` (an index into the sizes)."""
+        if (source, epoch) not in self._orders:
+            if len(self._orders) >= 2 * len(self.sizes) + 2:  # a micro-batch mostly spans one or two epochs
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[source, epoch] = EpochOrder(self.shard_samples[source], self.window,
+                                                     [self.seed, epoch, *self.stream_keys[source]])
+        return self._orders[source, epoch]
 
     def micro_batch(self, step: int, micro: int) -> list[tuple[int, int, int]]:
         """``[(source, epoch, sample index), ...]`` of this rank's micro-batch ``micro`` of step ``step``."""
@@ -116,8 +84,19 @@ class StepSampler:
         samples = np.empty_like(offsets)
         for source, epoch in sorted(set(zip(sources.tolist(), epochs.tolist()))):
             chosen = (sources == source) & (epochs == epoch)
-            samples[chosen] = self.permutation(source, epoch)(offsets[chosen])
+            samples[chosen] = self.epoch_order(source, epoch)(offsets[chosen])
         return [(int(s), int(e), int(i)) for s, e, i in zip(sources, epochs, samples)]
+
+    def step_range(self, step: int) -> list[tuple[int, int] | None]:
+        """Per source, the first and last of its own positions that ``step`` reads (on all ranks together), or
+        None when the step reads nothing of it."""
+        sources, numbers = self.interleave.locate(np.arange(step * self.global_batch, (step + 1) * self.global_batch,
+                                                            dtype=np.int64))
+        out = []
+        for source in range(len(self.sizes)):
+            mine = numbers[sources == source]
+            out.append((int(mine.min()), int(mine.max())) if len(mine) else None)
+        return out
 
     def samples_per_source(self, step: int) -> list[int]:
         """Samples each source has fed after ``step`` steps."""

@@ -68,18 +68,20 @@ class ShardedDataset:
         verify: ``full`` checks every shard's size and sha256 (a shard whose size and mtime are unchanged since it
             was last hashed is not hashed again), ``size`` only presence and size, ``none`` nothing.
         expected_vocab: vocabulary identity the data must have (any of ``sha256``, ``size``, ``special_ids``).
+        manifest: the manifest, when it is not ``path``'s ``manifest.json`` (a streamed copy's).
 
     ``dataset[i]`` is block ``i`` as an int64 array of ``max_seq_length`` ids. The object pickles without its open
     maps, so DataLoader workers and other processes reopen the files lazily.
     """
 
-    def __init__(self, path, split: str = "train", verify: str = "full", expected_vocab: dict | None = None):
+    def __init__(self, path, split: str = "train", verify: str = "full", expected_vocab: dict | None = None,
+                 manifest: dict | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         self.path, self.split = os.fspath(path), split
-        self.manifest = read_manifest(self.path)
+        self.manifest = manifest if manifest is not None else read_manifest(self.path)
         self.max_seq_length = int(self.manifest["max_seq_length"])
         self.dtype = np.dtype(self.manifest["dtype"])
         self.shards = self.manifest["splits"][split]["shards"]

@@ -19,6 +19,7 @@ import shutil
 from .. import remote
 from ..fileio import atomic_write, sha256_file
 from .shards import MANIFEST, SPLITS, DataError, read_manifest, vocab_path
+from .streaming import write_stream_manifest
 
 
 def remote_manifest(url: str) -> bytes:
@@ -41,16 +42,18 @@ def staged_path(source, stage_dir) -> str:
     return os.path.join(os.fspath(stage_dir), f"{name}-{hashlib.sha256(manifest).hexdigest()[:16]}")
 
 
-def fetch_dataset(url: str, stage_dir) -> str:
+def fetch_dataset(url: str, stage_dir, stream: bool = False) -> str:
     """Copy the prepared dataset at ``url`` (object storage) under ``stage_dir``; returns the copy. Shards already
     there with the manifest's sha256 are kept, so an interrupted fetch resumes; nothing is fetched when the copy is
-    complete."""
+    complete. ``stream``: fetch only the vocabulary and the validation shards, and keep the manifest as
+    ``manifest.stream.json`` (the training shards are streamed: ``streaming``)."""
     target = staged_path(url, stage_dir)
     if os.path.isfile(os.path.join(target, MANIFEST)):
         return target
     data = remote_manifest(url)
     manifest = json.loads(data)
-    expected = {shard["file"]: shard["sha256"] for split in SPLITS for shard in manifest["splits"][split]["shards"]}
+    expected = {shard["file"]: shard["sha256"] for split in (("validation",) if stream else SPLITS)
+                for shard in manifest["splits"][split]["shards"]}
     vocab_file = os.path.basename(vocab_path(target, manifest))
     for name in [vocab_file, *expected]:
         local = os.path.join(target, name)
@@ -61,7 +64,10 @@ def fetch_dataset(url: str, stage_dir) -> str:
             os.remove(local)
             raise DataError(f"{remote.join(url, name)}: the object's sha256 differs from manifest.json (altered or "
                             f"incomplete upload); prepare it again")
-    atomic_write(os.path.join(target, MANIFEST), lambda f: f.write(data))
+    if stream:
+        write_stream_manifest(target, data)
+    else:
+        atomic_write(os.path.join(target, MANIFEST), lambda f: f.write(data))
     return target
 
 

@@ -115,6 +115,7 @@ class TrainProgress:
         self.totals = torch.zeros(len(objective.stat_names), dtype=torch.float64, device=run.device)
         self.window_start, self.window_steps, self.last = self.clock(), 0, {}
         self.skipped_at_start = engine.skipped_steps
+        self.corpus = run.corpus
         self.sources = run.corpus.sources if run.corpus.mixture else []  # weight 0 included: 0 samples
         self.read = [source.name for source in run.corpus.used]  # in the order of the sampler's counts
         length = run.corpus.max_seq_length
@@ -154,6 +155,7 @@ class TrainProgress:
             samples = counts.get(source.name, 0)
             record[f"samples/{source.name}"] = samples
             record[f"epoch/{source.name}"] = samples / max(len(source.train), 1)
+        record.update(self.corpus.reading_metrics())  # streamed data: fetch waits, cache size
         if self.cfg.precision == "fp16" or self.cfg.train.on_nonfinite == "skip":
             # updates DeepSpeed dropped (fp16: loss-scale overflows; skip: non-finite gradients) in this start
             record["skipped_steps"] = int(self.engine.skipped_steps - self.skipped_at_start)

@@ -25,7 +25,6 @@ logger = logging.getLogger("deberta_pretrain")
 RUN_FILES = ("metrics.jsonl", "train.log", "config_changes.jsonl", ".hydra/config.yaml", "model_config.json",
              "generator_config.json", "spm.model", "bpe_encoder.bin")
 RESUME_FILES = ("metrics.jsonl", "config_changes.jsonl", "train.log")  # what a fresh machine needs besides weights
-RETRY_DELAYS = (1, 2, 4)  # seconds between the attempts of one upload (each attempt retries once itself)
 QUEUED = 2  # checkpoints waiting for upload before training waits for the network
 FINAL_WAIT_S = 600  # at the end of a run (or after a stop request): how long pending uploads may take
 
@@ -156,16 +155,7 @@ class RunMirror:
                 self.failed[tag] = str(e)
 
     def _with_retries(self, what: str, action) -> None:
-        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
-            try:
-                return action()
-            except Exception as e:  # noqa: BLE001 - storage errors come in many types; all are retried
-                error = e
-                logger.warning("upload to %s failed (%s, attempt %d): %s", self.url, what, attempt + 1,
-                               remote.describe(e))
-            if delay is not None:
-                time.sleep(delay)
-        raise remote.StorageError(f"{what}: {remote.describe(error)}")
+        remote.with_retries(action, f"upload to {self.url} ({what})")
 
     def _upload_checkpoint(self, tag: str) -> None:
         local, target = self._local(tag), remote.join(self.url, "checkpoints", tag)

@@ -4,10 +4,10 @@ Every checkpoint records the full config that wrote it (in its ``complete.json``
 record, the run's ``.hydra/config.yaml`` stands in). On resume each key that changed is, by its group:
 
 * **fixed**: what is being trained and on which sample stream — the model and its enhanced mask decoder
-  (``impl.use_emd``), the data (its sources, their weights and ``alpha``) and its masking, the seed, the global
-  batch, the precision, the objective and its RTD recipe. Changing one would silently train something else (or
-  break exact resume), so the run stops, one line per key with both values, before an engine is built or anything
-  is written.
+  (``impl.use_emd``), the data (its sources, their weights and ``alpha``, the shuffle window) and its masking, the
+  seed, the global batch, the precision, the objective and its RTD recipe. Changing one would silently train
+  something else (or break exact resume), so the run stops, one line per key with both values, before an engine is
+  built or anything is written.
 * **applied** from the resumed step, logged and appended to ``config_changes.jsonl`` in the run directory: every
   other key. The optimizer and schedule (``optim.*``, ``rtd.discriminator_lr``: the optimizer state keeps its
   moments, the learning rate follows the new peak with the schedule's shape and position kept), the run length
@@ -34,10 +34,10 @@ logger = logging.getLogger("deberta_pretrain")
 
 FIXED = ("model", "impl.use_emd", "data.path", "data.sources", "data.alpha", "data.masking", "data.mask_prob",
          "data.max_ngram", "data.max_predictions", "data.mask_token_prob", "data.random_token_prob",
-         "data.document_attention", "seed", "train.global_batch_size", "precision", "objective", "rtd")
+         "data.document_attention", "data.shuffle_window", "seed", "train.global_batch_size", "precision", "objective", "rtd")
 # what a run starts from (weights, optimizer moments): a checkpoint of the run itself supersedes them
 START_ONLY = ("model.init_from", "rtd.init_generator", "train.init_optimizer", "train.fork_from")
-FORK_MAY_CHANGE = ("data.path", "data.sources", "data.alpha")  # a fork may read another mixture from its step on
+FORK_MAY_CHANGE = ("data.path", "data.sources", "data.alpha", "data.shuffle_window")  # a fork may read another mixture from its step on
 APPLIED_IN_FIXED_GROUPS = (*START_ONLY, "rtd.discriminator_lr")
 NOT_COMPARED = ("name", "output_root")
 PATHS = ("data.path", "data.stage_dir", "model.init_from", "rtd.init_generator", "train.fork_from")

@@ -215,12 +215,15 @@ class Run:
             check_compiler(self.device)
         self.sampler = corpus.sampler(cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, self.world,
                                       self.rank)  # this rank's samples of every step
+        streaming = corpus.check_cache_limit(cfg.seed, cfg.train.global_batch_size, cfg.train.max_steps)
         self.warnings = settings_warnings(cfg, corpus, self.tokenizer.vocab_size, self.objective.model_configs())
         if self.rank == 0:
             for source in corpus.sources:
                 logger.info("data: %s: %d training and %d validation blocks of %d tokens%s", source.label,
                             len(source.train), len(source.validation), length,
                             f", share {source.share:.3g}" if corpus.mixture else "")
+            if streaming:
+                logger.info("data: %s", streaming)
             for warning in self.warnings:
                 logger.warning(warning)
 

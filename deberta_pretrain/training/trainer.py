@@ -11,8 +11,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from .. import remote
 from ..data.corpus import Corpus, Source
 from ..data.sampler import StepSampler
+from ..data.shards import DataError
 from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer, tag_for
 from .distributed import padded_batches
@@ -262,6 +264,8 @@ def pretrain(cfg) -> dict:
                 last, stopped = train(run, checkpointer, mirror)
             except RunFinished as finished:
                 last, stopped, finished_before = {}, False, finished.step
+            except (DataError, remote.StorageError) as e:  # streamed shards (data.cache_limit) that could not come
+                raise SystemExit(f"error: {e}") from e
         if run.rank == 0:
             checkpointer.prune()  # what waited for its upload
         if stopped:
@@ -287,6 +291,9 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
                                 saved_state.get("wandb_id"), enabled=run.rank == 0, start_step=start_step)
     sampler = run.sampler
     batches = micro_batch_stream(run, sampler, start_step)
+    fetched = run.corpus.start_reading(cfg.seed, cfg.train.global_batch_size, start_step)  # streamed data only
+    if fetched and run.rank == 0:
+        logger.info("data: %s", fetched)
     eval_collator = objective.collator(cfg.seed + 1)
     progress = metrics.TrainProgress(run, objective, engine, log, start_step, sampler)
     watch_loss = cfg.precision != "fp16"  # fp16: DeepSpeed's loss scaling owns overflows
@@ -303,6 +310,7 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
                 progress.add(stats)
                 nonfinite |= ~torch.isfinite(loss)
             step += 1
+            run.corpus.step_done(step)
             stop_requested, diverged = vote(stop, nonfinite & watch_loss, run.device)
             if diverged:
                 on_nonfinite_loss(run, checkpointer, step)
@@ -319,6 +327,7 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
                 break
     progress.close()
     log.close()
+    run.corpus.close()
     return progress.last, stop_requested
 
 
