@@ -42,3 +42,14 @@ def test_data_prep_benchmark_reports_prepare_and_reader():
     report = run_benchmark("data_prep.py", "--repeat", "1", "--num-proc", "1", "--spm-pieces", "2000")
     assert report["prepare"]["num_proc=1"]["mb_per_s"] > 0 and report["reader"]["samples_per_s"] > 0
     assert report["prepare_spm"]["num_proc=1"]["mb_per_s"] > 0 and report["spm_vs_gpt2"]["num_proc=1"] > 0
+
+
+def test_streaming_benchmark_reports_the_order_and_the_reading():
+    report = run_benchmark("streaming.py", "--shards", "8", "--blocks-per-shard", "32", "--steps", "8",
+                           "--batch", "16", "--windows", "1,4")
+    order = {row["window"]: row for row in report["order"]}
+    assert set(order) == {1, 4, "whole dataset"} and order[1]["shards_per_step"] == 1.0  # a window of one shard
+    assert order[1]["mean_distance_share"] < order[4]["mean_distance_share"] < 0.5
+    reading = report["reading"]
+    assert reading["local_blocks_per_s"] > 0 and reading["streamed_blocks_per_s"] > 0
+    assert reading["streamed_vs_local"] > 0
