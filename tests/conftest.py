@@ -22,7 +22,7 @@ else:
 # The longest test files (minutes of subprocess runs each) go first: tests/run.sh hands whole files to its workers in
 # collection order, and a long file started last would leave the other workers idle at the end.
 LONGEST_FIRST = ("test_quickstart.py", "test_pretrain.py", "test_rtd_pretrain.py", "test_compile.py",
-                 "test_elastic_resume.py", "test_fork.py",
+                 "test_elastic_resume.py", "test_fork.py", "test_streaming.py",
                  "test_faults.py", "test_multinode.py", "test_finetune.py", "test_export.py", "test_gpu_check.py")
 
 
