@@ -40,13 +40,20 @@ def is_remote(path) -> bool:
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
+def s3_options() -> dict:
+    """``S3_OPTIONS`` with the endpoint of the environment (``AWS_ENDPOINT_URL``): fsspec reuses a filesystem made
+    with the same options, so the endpoint must be one of them, or a changed endpoint would reach the old one."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return {**S3_OPTIONS, **({"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {})}
+
+
 def filesystem(url: str):
     """(fsspec filesystem, path inside it) of ``url``."""
     import fsspec  # noqa: PLC0415
 
     protocol = url.split("://", 1)[0]
     try:
-        return fsspec.core.url_to_fs(url, **(S3_OPTIONS if protocol in ("s3", "s3a") else {}))
+        return fsspec.core.url_to_fs(url, **(s3_options() if protocol in ("s3", "s3a") else {}))
     except (ImportError, ValueError) as e:
         raise StorageError(f"{url}: no filesystem for {protocol}:// ({e}); install its fsspec package (s3fs for "
                            f"s3://, gcsfs for gs://)") from e
