@@ -105,7 +105,7 @@ def numbers_64(tmp_path_factory):
     spelled-out sums ("two plus three is five, ..."), prepared in blocks of 64 tokens (10 % validation)."""
     import numpy as np  # noqa: PLC0415
 
-    from deberta_pretrain.data.prepare import prepare  # noqa: PLC0415
+    from pretrain_helpers import prepare_lines  # noqa: PLC0415
 
     words = "zero one two three four five six seven eight nine ten eleven twelve".split()
     rng = np.random.default_rng(0)
@@ -113,13 +113,7 @@ def numbers_64(tmp_path_factory):
     for a, b in rng.integers(0, 7, (3000, 2)):
         lines.append(f"{words[a]} plus {words[b]} is {words[a + b]}, and {words[b]} plus {words[a]} is "
                      f"{words[a + b]} too.")
-    folder = tmp_path_factory.mktemp("numbers")
-    (folder / "numbers.txt").write_text("\n".join(lines) + "\n")
-    prepare({"output": str(folder / "numbers"), "source": {"type": "text", "paths": [str(folder / "numbers.txt")],
-             "doc_separator": "line"}, "vocab": None, "engine": "auto", "max_seq_length": 64,
-             "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 0.1, "num_proc": 1,
-             "overwrite": False}, progress=False)
-    return folder / "numbers"
+    return prepare_lines(tmp_path_factory.mktemp("numbers"), "numbers", lines)
 
 
 @pytest.fixture(scope="session")

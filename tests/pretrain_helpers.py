@@ -43,6 +43,18 @@ def mixture_overrides(weights: dict, paths: dict) -> dict:
     return {"data.path": "null", "data.sources": f"{{{entries}}}"}
 
 
+def prepare_lines(folder, name: str, lines: list[str], segment_mb: float = 0.1):
+    """``lines`` (one document each) prepared in blocks of 64 tokens with 10 % validation, as ``folder/name``."""
+    from deberta_pretrain.data.prepare import prepare  # noqa: PLC0415
+
+    (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    prepare({"output": str(folder / name), "source": {"type": "text", "paths": [str(folder / f"{name}.txt")],
+             "doc_separator": "line"}, "vocab": None, "engine": "auto", "max_seq_length": 64,
+             "packing": "continuous", "validation_fraction": 0.1, "segment_mb": segment_mb, "num_proc": 1,
+             "overwrite": False}, progress=False)
+    return folder / name
+
+
 def launch_command(launcher: str, processes: int = 1) -> list[str]:
     if launcher == "python":
         assert processes == 1

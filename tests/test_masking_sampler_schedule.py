@@ -299,7 +299,7 @@ def test_every_choice_the_schema_accepts_the_model_runs_and_others_are_refused_b
 
 @pytest.mark.parametrize("n", [1, 2, 3, 97, 1000, 4096, 65537])
 def test_feistel_permutation_is_a_seeded_bijection(n):
-    from deberta_pretrain.data.sampler import FeistelPermutation
+    from deberta_pretrain.data.permutation import FeistelPermutation
 
     values = FeistelPermutation(n, [5, 0])(np.arange(n))
     assert sorted(values.tolist()) == list(range(n))

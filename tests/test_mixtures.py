@@ -70,7 +70,7 @@ def test_the_samples_of_a_step_do_not_depend_on_world_size_or_accumulation():
 def test_one_data_path_reads_as_before_mixtures_existed():
     """data.path is a mixture of one: position g is perm_e(g mod N) with the permutation keyed (seed, epoch), as the
     single-source sampler always did (Feistel permutation checked separately in test_masking_sampler_schedule)."""
-    from deberta_pretrain.data.sampler import FeistelPermutation
+    from deberta_pretrain.data.permutation import FeistelPermutation
 
     sampler = StepSampler(37, 5, 8, 4, 2, 1)
     got = sampler.micro_batch(11, 1)  # positions 11 * 8 + (1 * 2 + 1) * 4 = 100..103

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deberta_pretrain.training.metrics import read_metrics
-from pretrain_helpers import fault_env, mixture_overrides, module_state, run_pretrain, tiny_overrides
+from pretrain_helpers import fault_env, mixture_overrides, module_state, prepare_lines, run_pretrain, tiny_overrides
 from storage_helpers import BUCKET, S3Server
 
 pytestmark = pytest.mark.slow
@@ -27,20 +27,13 @@ def many_shards(tmp_path_factory):
     (3.3 kB) each."""
     import numpy as np
 
-    from deberta_pretrain.data.prepare import prepare
-
     words = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
              "seventeen eighteen nineteen twenty").split()
     lines = [f"{words[a]} times {words[b]} makes {a * b}, while {words[a]} plus {words[b]} makes {words[a + b]}."
              for a, b in np.random.default_rng(1).integers(0, 11, (4000, 2))]
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "sums.txt").write_text("\n".join(lines) + "\n")
-    prepare({"output": str(folder / "sums"), "source": {"type": "text", "paths": [str(folder / "sums.txt")],
-             "doc_separator": "line"}, "vocab": None, "engine": "auto", "max_seq_length": 64,
-             "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 0.0065, "num_proc": 1,
-             "overwrite": False}, progress=False)
-    assert len(json.load(open(folder / "sums" / "manifest.json"))["splits"]["train"]["shards"]) >= 30
-    return folder / "sums"
+    path = prepare_lines(tmp_path_factory.mktemp("data"), "sums", lines, segment_mb=0.0065)
+    assert len(json.load(open(path / "manifest.json"))["splits"]["train"]["shards"]) >= 30
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 from .mixture import Interleave
-from .permutation import FeistelPermutation
 from .windows import EpochOrder
 
 
@@ -86,17 +85,6 @@ class StepSampler:
             chosen = (sources == source) & (epochs == epoch)
             samples[chosen] = self.epoch_order(source, epoch)(offsets[chosen])
         return [(int(s), int(e), int(i)) for s, e, i in zip(sources, epochs, samples)]
-
-    def step_range(self, step: int) -> list[tuple[int, int] | None]:
-        """Per source, the first and last of its own positions that ``step`` reads (on all ranks together), or
-        None when the step reads nothing of it."""
-        sources, numbers = self.interleave.locate(np.arange(step * self.global_batch, (step + 1) * self.global_batch,
-                                                            dtype=np.int64))
-        out = []
-        for source in range(len(self.sizes)):
-            mine = numbers[sources == source]
-            out.append((int(mine.min()), int(mine.max())) if len(mine) else None)
-        return out
 
     def samples_per_source(self, step: int) -> list[int]:
         """Samples each source has fed after ``step`` steps."""

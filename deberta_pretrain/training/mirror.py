@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import threading
-import time
 
 from .. import remote
 from .checkpoint import MARKER, checkpoint_tags, read_marker, step_of
