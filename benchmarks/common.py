@@ -20,7 +20,7 @@ def machine() -> dict:
 
 def python_help_documents(repeat: int = 1) -> list[str]:
     """CPython's help topics (about 0.5 MB of English technical text), ``repeat`` times."""
-    from deberta_pretrain.data.sources import python_help_topics  # noqa: PLC0415
+    from deberta_pretrain.data.inputs import python_help_topics  # noqa: PLC0415
 
     return python_help_topics() * repeat
 

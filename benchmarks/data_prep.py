@@ -2,7 +2,7 @@
 
     python benchmarks/data_prep.py [--repeat 4] [--num-proc 1 2] [--spm-pieces 32000]
 
-Prints JSON: MB/s of source text per num_proc setting with GPT-2 BPE, the same with a SentencePiece vocabulary
+Prints JSON: MB/s of input text per num_proc setting with GPT-2 BPE, the same with a SentencePiece vocabulary
 (unigram, trained on the corpus first; goal: within 2x of GPT-2 per MB, ``spm_vs_gpt2``), and samples/s (and MB/s)
 of random reads from the memory-mapped shards, against a plain in-memory numpy array of the same blocks.
 """
@@ -18,7 +18,7 @@ from common import best_time, machine
 
 from deberta_pretrain.data import ShardedDataset
 from deberta_pretrain.data.prepare import prepare
-from deberta_pretrain.data.sources import python_help_topics
+from deberta_pretrain.data.inputs import python_help_topics
 from deberta_pretrain.data.vocab_training import train_spm
 
 
@@ -45,7 +45,7 @@ def main() -> None:
                 out = os.path.join(tmp, f"out{num_proc}" + ("-spm" if vocab else ""))
 
                 def run(out=out, num_proc=num_proc, vocab=vocab):
-                    prepare({"output": out, "source": {"type": "text", "paths": [corpus],
+                    prepare({"output": out, "input": {"type": "text", "paths": [corpus],
                                                        "doc_separator": "blank_line"},
                              "vocab": vocab, "engine": "auto", "max_seq_length": args.max_seq_length,
                              "packing": "continuous", "validation_fraction": 0.01, "segment_mb": 0.25,
@@ -62,7 +62,7 @@ def main() -> None:
         block_mb = args.max_seq_length * dataset.dtype.itemsize / 1e6
         print(json.dumps({
             "benchmark": "data_prep", "machine": machine(),
-            "settings": {"text": f"python-help x{args.repeat} (text source, blank-line documents)",
+            "settings": {"text": f"python-help x{args.repeat} (text input, blank-line documents)",
                          "megabytes": round(megabytes, 3), "max_seq_length": args.max_seq_length,
                          "spm_pieces": args.spm_pieces,
                          "train_blocks": len(dataset), "random_reads": len(order)},

@@ -24,7 +24,7 @@ from common import machine
 from deberta_pretrain.data.masking import MLMCollator, default_max_predictions
 from deberta_pretrain.data.prepare import prepare
 from deberta_pretrain.data.shards import ShardedDataset
-from deberta_pretrain.data.sources import python_help_topics
+from deberta_pretrain.data.inputs import python_help_topics
 from deberta_pretrain.deberta import MaskedLanguageModel, ModelConfig
 from deberta_pretrain.deberta.vocabulary import load_tokenizer
 from deberta_pretrain.training.checkpoint import consolidated_state_dict
@@ -41,7 +41,7 @@ def short_documents(folder: str, length: int) -> str:
             f.write(topic.strip() + "\n\n")
     out = os.path.join(folder, "data")
     if not os.path.exists(os.path.join(out, "manifest.json")):
-        prepare({"output": out, "source": {"type": "text", "paths": [text], "doc_separator": "blank_line"},
+        prepare({"output": out, "input": {"type": "text", "paths": [text], "doc_separator": "blank_line"},
                  "vocab": None, "engine": "auto", "max_seq_length": length, "packing": "continuous",
                  "validation_fraction": 0.1, "segment_mb": 1, "num_proc": 1, "overwrite": False}, progress=False)
     return out

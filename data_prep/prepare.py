@@ -1,10 +1,10 @@
 """Prepare training data: text -> token ids (GPT-2 BPE or SentencePiece) -> packed blocks -> shards + manifest.json.
 
     python data_prep/prepare.py output=data/python-help max_seq_length=128
-    python data_prep/prepare.py output=data/wiki source=text source.paths='[wiki/*.txt]' num_proc=8
-    python data_prep/prepare.py output=data/wt103 source=hf source.name=wikitext source.config_name=wikitext-103-raw-v1
+    python data_prep/prepare.py output=data/wiki input=text input.paths='[wiki/*.txt]' num_proc=8
+    python data_prep/prepare.py output=data/wt103 input=hf input.name=wikitext input.config_name=wikitext-103-raw-v1
 
-Settings: conf/data_prep/prepare.yaml and conf/data_prep/source/.
+Settings: conf/data_prep/prepare.yaml and conf/data_prep/input/.
 """
 
 import logging
@@ -14,7 +14,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deberta_pretrain.config import PrepareSchema, check_data_prep_keys, register_data_prep_configs
+from deberta_pretrain.config import (
+    PrepareSchema, check_data_prep_keys, refuse_source_overrides, register_data_prep_configs)
 from deberta_pretrain.data.prepare import prepare
 
 register_data_prep_configs()
@@ -39,4 +40,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_source_overrides(sys.argv[1:])
     main()

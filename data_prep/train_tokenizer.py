@@ -1,11 +1,11 @@
 """Train a vocabulary on a corpus: SentencePiece (v2/v3 ``spm.model``) or GPT-2 byte-level BPE (``bpe_encoder.bin``).
 
-    python data_prep/train_tokenizer.py output=vocab/pt kind=spm vocab_size=128000 source=text source.paths='[pt/*.txt]'
-    python data_prep/train_tokenizer.py output=vocab/code kind=gpt2-bpe vocab_size=50000 source=jsonl \
-        source.paths='[code/*.jsonl]'
-    python data_prep/prepare.py output=data/pt vocab=vocab/pt source=text source.paths='[pt/*.txt]'
+    python data_prep/train_tokenizer.py output=vocab/pt kind=spm vocab_size=128000 input=text input.paths='[pt/*.txt]'
+    python data_prep/train_tokenizer.py output=vocab/code kind=gpt2-bpe vocab_size=50000 input=jsonl \
+        input.paths='[code/*.jsonl]'
+    python data_prep/prepare.py output=data/pt vocab=vocab/pt input=text input.paths='[pt/*.txt]'
 
-Settings: conf/data_prep/train_tokenizer.yaml and conf/data_prep/source/ (the same sources as prepare.py).
+Settings: conf/data_prep/train_tokenizer.yaml and conf/data_prep/input/ (the same inputs as prepare.py).
 """
 
 import json
@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from deberta_pretrain.config import (
-    TrainTokenizerSchema, check_data_prep_keys, register_data_prep_configs)
+    TrainTokenizerSchema, check_data_prep_keys, refuse_source_overrides, register_data_prep_configs)
 from deberta_pretrain.data.vocab_training import train_vocabulary
 
 register_data_prep_configs()
@@ -40,4 +40,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_source_overrides(sys.argv[1:])
     main()

@@ -9,6 +9,7 @@ release schema's (``ModelConfig``), which the model YAMLs override field by fiel
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ from omegaconf import MISSING, OmegaConf
 from .choices import ATTENTION_BACKENDS, EMBEDDING_SHARING
 from .config_keys import check_keys
 from .data.corpus import configured_sources
+from .data.inputs import INPUTS, input_type
 from .data.streaming import parse_size
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -287,49 +289,10 @@ def validate_rtd(rtd) -> None:
 
 
 # ---- data prep (conf/data_prep/): prepare.py and train_tokenizer.py -------------------------------------------
-@dataclass
-class TextSource:
-    type: str = "text"
-    paths: list = MISSING
-    doc_separator: str = MISSING
-
-
-@dataclass
-class JsonlSource:
-    type: str = "jsonl"
-    paths: list = MISSING
-    text_field: str = MISSING
-
-
-@dataclass
-class ParquetSource:
-    type: str = "parquet"
-    paths: list = MISSING
-    text_field: str = MISSING
-
-
-@dataclass
-class HFSource:
-    type: str = "hf"
-    name: str = MISSING
-    config_name: Optional[str] = MISSING
-    split: str = MISSING
-    text_field: str = MISSING
-    streaming: bool = MISSING
-
-
-@dataclass
-class PythonHelpSource:
-    type: str = "python-help"
-
-
-SOURCE_SCHEMAS = {"text": TextSource, "jsonl": JsonlSource, "parquet": ParquetSource, "hf": HFSource,
-                  "python-help": PythonHelpSource}
-
-
+# the schema of each input=<type> is its input type's dataclass (deberta_pretrain/data/inputs/, INPUTS)
 @dataclass
 class PrepareSchema:
-    source: Any = MISSING
+    input: Any = MISSING  # one of INPUTS (conf/data_prep/input/)
     output: str = MISSING
     vocab: Optional[str] = MISSING
     tokenizer: Optional[str] = MISSING
@@ -344,7 +307,7 @@ class PrepareSchema:
 
 @dataclass
 class TrainTokenizerSchema:
-    source: Any = MISSING
+    input: Any = MISSING  # one of INPUTS (conf/data_prep/input/)
     output: str = MISSING
     kind: str = MISSING
     vocab_size: int = MISSING
@@ -357,20 +320,28 @@ class TrainTokenizerSchema:
 
 
 def check_data_prep_keys(cfg, schema) -> None:
-    """Unknown keys of a data-prep config (``PrepareSchema`` or ``TrainTokenizerSchema``), its source included."""
-    kind = OmegaConf.select(cfg, "source.type")
-    if kind not in SOURCE_SCHEMAS:
-        raise ValueError(f"source.type: {kind!r} is not one of {tuple(SOURCE_SCHEMAS)} (choose one with source=...)")
-    check_keys(cfg, schema, {"source": SOURCE_SCHEMAS[kind]})
+    """Unknown keys of a data-prep config (``PrepareSchema`` or ``TrainTokenizerSchema``), its input included."""
+    check_keys(cfg, schema, {"input": input_type(OmegaConf.select(cfg, "input") or {})})
+
+
+def refuse_source_overrides(overrides) -> None:
+    """Data prep's input was the config group ``source`` before it became ``input``: an override of the old name
+    (``source=text``, ``source.paths=...``, with ``+`` or ``~`` too) stops with one line and exit status 1 instead of
+    Hydra's error about a group it does not know. Entry points call it on ``sys.argv[1:]`` before Hydra parses it."""
+    old = [o for o in overrides if re.match(r"[+~]*source([.=@]|$)", o)]
+    if old:
+        new = " ".join(re.sub(r"^([+~]*)source", r"\1input", o, count=1) for o in old)
+        raise SystemExit(f"error: data prep's input is now the config group input (source names the datasets of a "
+                         f"pretraining mixture): write {new}")
 
 
 def register_data_prep_configs() -> None:
-    """The schemas of ``conf/data_prep/*.yaml`` and of each ``source`` option (a misspelt key fails by name)."""
+    """The schemas of ``conf/data_prep/*.yaml`` and of each ``input`` option (a misspelt key fails by name)."""
     store = ConfigStore.instance()
     store.store(name="prepare_schema", node=PrepareSchema)
     store.store(name="train_tokenizer_schema", node=TrainTokenizerSchema)
-    for name, node in SOURCE_SCHEMAS.items():
-        store.store(group="source", name=f"{name}_schema", node=node)
+    for name, node in INPUTS.items():
+        store.store(group="input", name=f"{name}_schema", node=node)
 
 
 # ---- the tools: export, plot, build_vocab (conf/export.yaml, conf/plot.yaml, conf/data_prep/build_vocab.yaml) -----

@@ -93,7 +93,7 @@ def python_help_64(tmp_path_factory):
     from deberta_pretrain.data.prepare import prepare  # noqa: PLC0415
 
     path = tmp_path_factory.mktemp("data") / "python-help"
-    prepare({"output": str(path), "source": {"type": "python-help"}, "vocab": None, "engine": "auto",
+    prepare({"output": str(path), "input": {"type": "python-help"}, "vocab": None, "engine": "auto",
              "max_seq_length": 64, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 0.1,
              "num_proc": 1, "overwrite": False}, progress=False)
     return path
@@ -132,7 +132,7 @@ def train_spm(path, byte_fallback=True, vocab_size=3000, extra_pieces=0):
 
     import sentencepiece  # noqa: PLC0415
 
-    from deberta_pretrain.data.sources import python_help_topics  # noqa: PLC0415
+    from deberta_pretrain.data.inputs import python_help_topics  # noqa: PLC0415
 
     lines = [line for doc in python_help_topics() for line in doc.split("\n") if line.strip()]
     model = io.BytesIO()

@@ -48,7 +48,7 @@ def prepare_lines(folder, name: str, lines: list[str], segment_mb: float = 0.1):
     from deberta_pretrain.data.prepare import prepare  # noqa: PLC0415
 
     (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    prepare({"output": str(folder / name), "source": {"type": "text", "paths": [str(folder / f"{name}.txt")],
+    prepare({"output": str(folder / name), "input": {"type": "text", "paths": [str(folder / f"{name}.txt")],
              "doc_separator": "line"}, "vocab": None, "engine": "auto", "max_seq_length": 64,
              "packing": "continuous", "validation_fraction": 0.1, "segment_mb": segment_mb, "num_proc": 1,
              "overwrite": False}, progress=False)

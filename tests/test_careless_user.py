@@ -46,7 +46,7 @@ def fake_run(path):
 
 
 def prepare_config(output, source=None, **overrides):
-    cfg = {"output": str(output), "source": source or {"type": "python-help"}, "vocab": None, "engine": "auto",
+    cfg = {"output": str(output), "input": source or {"type": "python-help"}, "vocab": None, "engine": "auto",
            "max_seq_length": 64, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 0.1,
            "num_proc": 1, "overwrite": False}
     cfg.update(overrides)
@@ -97,7 +97,7 @@ def test_train_tokenizer_and_prepare_refuse_folders_that_are_not_theirs(tmp_path
     before = snapshot(tmp_path)
     settings = {"output": str(folder), "kind": "spm", "vocab_size": 400, "sample_mb": 1, "held_out_fraction": 0.1,
                 "character_coverage": 1.0, "num_threads": 1, "seed": 0, "overwrite": True,
-                "source": {"type": "python-help"}}
+                "input": {"type": "python-help"}}
     with pytest.raises(FileExistsError, match=r"not an earlier vocabulary .*README, spm\.model"):
         train_vocabulary(settings, progress=False)
     with pytest.raises(FileExistsError, match=r"not an earlier prepared dataset .*README"):
@@ -174,8 +174,8 @@ def compose(config_dir: str, name: str, overrides):
     ("pretrain", ["+optim.learning_rate=1e-4"], "unknown key optim.learning_rate (valid keys: lr, "),
     ("pretrain", ["objective=rtd", "+rtd.generator.hiden_size=64"],
      "unknown key rtd.generator.hiden_size (did you mean rtd.generator.hidden_size?)"),
-    ("prepare", ["+source.doc_seperator=blank_line", "source=text"],
-     "unknown key source.doc_seperator (did you mean source.doc_separator?)"),
+    ("prepare", ["+input.doc_seperator=blank_line", "input=text"],
+     "unknown key input.doc_seperator (did you mean input.doc_separator?)"),
     ("train_tokenizer", ["+vocab_sise=300"], "unknown key vocab_sise (did you mean vocab_size?)"),
     ("finetune", ["task=custom", "+task.recipe.learning_rate=1e-4"],
      "unknown key task.recipe.learning_rate (valid keys: lr, "),
@@ -214,9 +214,9 @@ def test_every_shipped_config_passes_the_key_check():
     presets += [["objective=rtd", f"deepspeed={p.stem}"] for p in sorted((Path(ROOT) / "conf" / "deepspeed").glob("*"))]
     for overrides in presets:
         config.check_pretrain_keys(compose("", "pretrain", ["name=x", "data.path=y", *overrides]))
-    for source in sorted(p.stem for p in (Path(ROOT) / "conf" / "data_prep" / "source").glob("*.yaml")):
+    for source in sorted(p.stem for p in (Path(ROOT) / "conf" / "data_prep" / "input").glob("*.yaml")):
         for name, schema in (("prepare", config.PrepareSchema), ("train_tokenizer", config.TrainTokenizerSchema)):
-            config.check_data_prep_keys(compose("data_prep", name, ["output=x", f"source={source}"]), schema)
+            config.check_data_prep_keys(compose("data_prep", name, ["output=x", f"input={source}"]), schema)
 
 
 @pytest.mark.parametrize("folder, tool, overrides, message", [
@@ -302,7 +302,7 @@ def test_a_run_without_a_checkpoint_yet_is_called_that(tmp_path):
 
 def test_a_failed_prepare_leaves_the_folder_as_it_was_so_the_corrected_command_runs(tmp_path):
     empty_source = text_corpus(tmp_path / "blank", lines_per_file=(("", "   "),))
-    with pytest.raises(ValueError, match="the source gave no training text"):
+    with pytest.raises(ValueError, match="the input gave no training text"):
         prepare(prepare_config(tmp_path / "new", empty_source), progress=False)
     assert not (tmp_path / "new").exists()
     os.makedirs(tmp_path / "empty")  # an empty folder the user made stays, empty
@@ -351,7 +351,7 @@ def test_a_bpe_vocabulary_larger_than_the_corpus_supports_says_how_many_ids_it_m
     source = text_corpus(tmp_path / "small", (("aaa bbb aaa bbb ccc",),))
     settings = {"output": str(tmp_path / "vocab"), "kind": "gpt2-bpe", "vocab_size": 2000, "sample_mb": 1,
                 "held_out_fraction": 0.0, "character_coverage": 1.0, "num_threads": 1, "seed": 0,
-                "overwrite": False, "source": source}
+                "overwrite": False, "input": source}
     report = train_vocabulary(settings, progress=False)
     assert report["vocab_size"] < 300
     assert f"the vocabulary has {report['vocab_size']} ids instead of vocab_size=2000" in caplog.text

@@ -39,7 +39,7 @@ def write_corpus(folder, n_docs=120, seed=0):
 
 
 def config(output, source, **overrides):
-    cfg = {"output": str(output), "source": source, "vocab": None, "engine": "auto", "max_seq_length": 32,
+    cfg = {"output": str(output), "input": source, "vocab": None, "engine": "auto", "max_seq_length": 32,
            "packing": "continuous", "validation_fraction": 0.2, "segment_mb": 0.001, "num_proc": 1,
            "overwrite": False}
     cfg.update(overrides)
@@ -233,19 +233,33 @@ def test_datasets_source_streams_a_local_corpus_and_names_what_it_cannot_load(tm
     for name, split, expected in ((str(tmp_path / "corpus"), "validation", "Bad split"),
                                   ("no-such-corpus-anywhere", "train", "no-such-corpus-anywhere")):
         bad = dict(source, name=name, split=split)
-        with pytest.raises(ValueError, match=f"source=hf: cannot load.*{expected}"):
+        with pytest.raises(ValueError, match=f"input=hf: cannot load.*{expected}"):
             prepare_module.prepare(config(tmp_path / "bad", bad), progress=False)
         assert not (tmp_path / "bad").exists()
 
 
 def test_prepare_command_reports_bad_input_in_one_line(tmp_path):
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "prepare.py")
-    result = subprocess.run([sys.executable, script, f"output={tmp_path / 'out'}", "source=text",
-                             f"source.paths=[{tmp_path / 'missing'}/*.txt]"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, script, f"output={tmp_path / 'out'}", "input=text",
+                             f"input.paths=[{tmp_path / 'missing'}/*.txt]"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: source.paths: no file matches '{tmp_path}/missing/*.txt'"
+    assert result.stderr.strip().splitlines()[-1] == f"error: input.paths: no file matches '{tmp_path}/missing/*.txt'"
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", ["prepare.py", "train_tokenizer.py"])
+def test_the_old_source_group_of_data_prep_is_named_in_one_line(tmp_path, script):
+    """Data prep's input was the group ``source`` (the word now names a mixture's datasets only): the old overrides
+    stop with one line that gives the new ones, exit 1, nothing written."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", script)
+    result = subprocess.run([sys.executable, path, f"output={tmp_path / 'out'}", "source=text",
+                             f"+source.paths=[{tmp_path}/*.txt]"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: data prep's input is now the config group input (source names the datasets of a pretraining "
+        f"mixture): write input=text +input.paths=[{tmp_path}/*.txt]"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_python_help_source_in_parallel_equals_serial(tmp_path):

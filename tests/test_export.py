@@ -90,7 +90,7 @@ def test_hf_export_loads_into_transformers_with_the_same_logits_and_ids(runs, tm
     ours = MaskedLanguageModel.load_model(str(tmp_path / "release"), use_emd=False).eval()
     tokenizer = GPT2Tokenizer(str(tmp_path / "release" / "bpe_encoder.bin"))
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
-    from deberta_pretrain.data.sources import python_help_topics
+    from deberta_pretrain.data.inputs import python_help_topics
 
     texts = [t[:2000] for t in python_help_topics()[:20]] + ["naïve café 😀  tabs\tand  spaces", "x = [1, 2]"]
     for text in texts:
@@ -200,7 +200,7 @@ def test_continued_pretraining_refuses_data_with_another_vocabulary(runs, tmp_pa
     (tmp_path / "dict.txt").write_text("".join(f"{i} {1000 - i}\n" for i in range(1000)))
     save_bpe_encoder(build_bpe_encoder(dict_txt=str(tmp_path / "dict.txt")), tmp_path / "other.bin")
     (tmp_path / "corpus.txt").write_text("".join(f"line {i} of a small corpus\n" for i in range(200)))
-    prepare({"output": str(tmp_path / "data"), "source": {"type": "text", "paths": [str(tmp_path / "corpus.txt")]},
+    prepare({"output": str(tmp_path / "data"), "input": {"type": "text", "paths": [str(tmp_path / "corpus.txt")]},
              "vocab": str(tmp_path / "other.bin"), "engine": "auto", "max_seq_length": 64, "packing": "continuous",
              "validation_fraction": 0.1, "segment_mb": 1, "num_proc": 1, "overwrite": False}, progress=False)
     result = run_pretrain(tiny_overrides(tmp_path / "data", tmp_path, "wrong", **{

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from deberta_pretrain.data.sources import python_help_topics
+from deberta_pretrain.data.inputs import python_help_topics
 from deberta_pretrain.deberta import SPMTokenizer
 from deberta_pretrain.deberta.hf_spm import differing_texts, tokenizer_json, write_tokenizer_json
 from deberta_pretrain.export import hf_tokenizer_files

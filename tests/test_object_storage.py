@@ -54,7 +54,7 @@ def test_data_prepared_into_storage_trains_and_is_fetched_once(python_help_64, s
     from deberta_pretrain.data.prepare import prepare
 
     url = f"s3://{BUCKET}/data/python-help"
-    prepare({"output": url, "source": {"type": "python-help"}, "vocab": None, "engine": "auto",
+    prepare({"output": url, "input": {"type": "python-help"}, "vocab": None, "engine": "auto",
              "max_seq_length": 64, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 0.1,
              "num_proc": 1, "overwrite": False}, progress=False)  # the settings of the local python_help_64
     assert "manifest.json" in objects(url)

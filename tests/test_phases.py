@@ -80,7 +80,7 @@ def prepared(tmp_path, length):
     from deberta_pretrain.data.prepare import prepare
 
     path = tmp_path / f"help-{length}"
-    prepare({"output": str(path), "source": {"type": "python-help"}, "vocab": None, "engine": "auto",
+    prepare({"output": str(path), "input": {"type": "python-help"}, "vocab": None, "engine": "auto",
              "max_seq_length": length, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 1,
              "num_proc": 1, "overwrite": False}, progress=False)
     return path

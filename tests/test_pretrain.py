@@ -138,7 +138,7 @@ def test_document_attention_train_and_the_log_tells_the_run(data, tmp_path):
     from deberta_pretrain.data.prepare import prepare
 
     longer = tmp_path / "blocks-128"
-    prepare({"output": str(longer), "source": {"type": "python-help"}, "vocab": None, "engine": "auto",
+    prepare({"output": str(longer), "input": {"type": "python-help"}, "vocab": None, "engine": "auto",
              "max_seq_length": 128, "packing": "continuous", "validation_fraction": 0.1, "segment_mb": 1,
              "num_proc": 1, "overwrite": False}, progress=False)
     phase = run_pretrain(tiny_overrides(longer, tmp_path, "docs", **{**common, "model.max_position_embeddings": 128,

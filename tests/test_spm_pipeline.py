@@ -12,13 +12,13 @@ import pytest
 from conftest import train_spm
 from deberta_pretrain.data import ShardedDataset
 from deberta_pretrain.data.prepare import prepare
-from deberta_pretrain.data.sources import python_help_topics
+from deberta_pretrain.data.inputs import python_help_topics
 from deberta_pretrain.deberta import SPMTokenizer
 from pretrain_helpers import ROOT, run_pretrain, tiny_overrides
 
 
 def prepare_with(vocab, output, tokenizer=None, length=64):
-    return prepare({"output": str(output), "source": {"type": "python-help"}, "vocab": str(vocab),
+    return prepare({"output": str(output), "input": {"type": "python-help"}, "vocab": str(vocab),
                     "tokenizer": tokenizer, "engine": "auto", "max_seq_length": length, "packing": "document",
                     "validation_fraction": 0.1, "segment_mb": 0.2, "num_proc": 1, "overwrite": False},
                    progress=False)

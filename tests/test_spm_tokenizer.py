@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import train_spm
-from deberta_pretrain.data.sources import python_help_topics
+from deberta_pretrain.data.inputs import python_help_topics
 from deberta_pretrain.deberta import SPMTokenizer
 
 spm = pytest.importorskip("sentencepiece")

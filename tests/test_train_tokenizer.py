@@ -8,7 +8,7 @@ import sys
 import pytest
 import transformers
 
-from deberta_pretrain.data.sources import python_help_topics
+from deberta_pretrain.data.inputs import python_help_topics
 from deberta_pretrain.data.vocab_training import train_vocabulary
 from deberta_pretrain.deberta import GPT2Tokenizer, SPMTokenizer
 from deberta_pretrain.deberta.bpe import ReferenceBPE
@@ -20,7 +20,7 @@ TEXTS = [t[:1500] for t in python_help_topics()[::7]] + ["naïve café 😀 tabs
 def settings(tmp_path, kind, vocab_size, **extra):
     return {"output": str(tmp_path / kind), "kind": kind, "vocab_size": vocab_size, "sample_mb": 100.0,
             "held_out_fraction": 0.05, "character_coverage": 0.9995, "num_threads": 1, "seed": 0, "overwrite": False,
-            "source": {"type": "python-help"}, **extra}
+            "input": {"type": "python-help"}, **extra}
 
 
 def test_gpt2_bpe_vocabulary_loads_everywhere_with_the_same_ids(tmp_path):

@@ -1,7 +1,7 @@
 """Data prep: documents -> token ids (GPT-2 BPE or SentencePiece) -> packed ``[CLS] ... [SEP]`` blocks -> shards +
 ``manifest.json``.
 
-The source is read once, in order, and cut into *segments* of about ``segment_mb`` MB of text. Each segment is
+The input is read once, in order, and cut into *segments* of about ``segment_mb`` MB of text. Each segment is
 tokenized and packed on its own (in ``num_proc`` worker processes) into one train and one validation shard;
 documents go to validation by a hash of their text, so duplicates never straddle the split. A segment is finished
 when its record ``.prepare/segment-NNNNN.json`` exists: shards and records are written atomically, so a killed run
@@ -26,10 +26,10 @@ from .. import __version__, remote
 from ..config_keys import changed_keys
 from ..deberta.vocabulary import identity_file, load_tokenizer, vocab_identity
 from ..fileio import atomic_write, claim_output, replace_folder, write_json_atomic
+from .inputs import iter_documents, total_bytes
 from .packing import PACKING_MODES, pack_documents
 from .shards import MANIFEST, SPLITS, shard_name
 from .staging import upload_dataset
-from .sources import iter_documents, total_bytes
 
 logger = logging.getLogger(__name__)
 WORK_DIR = ".prepare"  # settings.json and one record per finished segment
@@ -153,8 +153,9 @@ def _work_folder(output: str, settings: dict, overwrite: bool) -> str:
     if old is None or old == settings:
         return output
     if not overwrite:
-        raise FileExistsError(f"{output} holds data prepared with other settings "
-                              f"({', '.join(changed_keys(old, settings))}); "
+        changed = (f"input{key[len('source'):]}" if key.split(".")[0] == "source" else key  # the config's key
+                   for key in changed_keys(old, settings))
+        raise FileExistsError(f"{output} holds data prepared with other settings ({', '.join(changed)}); "
                               f"pass overwrite=true to replace it, or choose another output=")
     staging = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.replacing")
     if _read_settings(staging) not in (None, settings):  # an interrupted replacement with yet other settings
@@ -176,7 +177,7 @@ def _unpublish(output: str) -> None:
 
 def _run_segments(tasks, num_proc: int, done) -> None:
     """Run ``process_segment`` over ``tasks`` in order; ``done(record)`` is called in task order. At most
-    ``2 * num_proc`` segments are in flight, so reading the source never runs ahead of tokenizing."""
+    ``2 * num_proc`` segments are in flight, so reading the input never runs ahead of tokenizing."""
     if num_proc <= 1:
         for task in tasks:
             done(process_segment(task))
@@ -203,10 +204,12 @@ def prepare(cfg: dict, progress: bool = True) -> dict:
     if remote.is_remote(cfg["output"]):
         return prepare_to_storage(cfg, progress)
     output = os.path.abspath(os.fspath(cfg["output"]))
-    source = dict(cfg["source"])
-    documents = iter_documents(source)  # checks the source (paths, type) before anything is written
+    given = dict(cfg["input"])
+    documents = iter_documents(given)  # checks the input (paths, type) before anything is written
     tokenizer = load_tokenizer(cfg.get("vocab"), cfg.get("tokenizer"), engine=cfg["engine"])
-    settings = {"format": FORMAT, "source": source, "vocab": vocab_identity(tokenizer),
+    # the input is recorded under the key "source" of settings.json and manifest.json (the dataset format is
+    # unchanged, so data prepared before the input was called so resumes and compares as before)
+    settings = {"format": FORMAT, "source": given, "vocab": vocab_identity(tokenizer),
                 "max_seq_length": int(cfg["max_seq_length"]), "packing": cfg["packing"],
                 "validation_fraction": float(cfg["validation_fraction"]), "segment_mb": float(cfg["segment_mb"])}
     work = _work_folder(output, settings, bool(cfg.get("overwrite", False)))
@@ -297,13 +300,13 @@ def _prepare_into(output: str, cfg: dict, settings: dict, documents, tokenizer, 
     _remove_segments_from(output, len(records))
     manifest = _manifest(records, settings, dtype)
     if manifest["splits"]["train"]["num_samples"] == 0:
-        raise ValueError(f"the source gave no training text ({settings['source']})")
+        raise ValueError(f"the input gave no training text ({settings['source']})")
     write_json_atomic(os.path.join(output, MANIFEST), manifest)
     return manifest
 
 
 def _remove_segments_from(output: str, first: int) -> None:
-    """Shards and records of segments beyond the current source's last one (the source shrank since)."""
+    """Shards and records of segments beyond the current input's last one (the input shrank since)."""
     pattern = [os.path.join(output, f"{split}-*.bin") for split in SPLITS]
     pattern.append(os.path.join(output, WORK_DIR, "segment-*.json"))
     for file in (f for p in pattern for f in glob.glob(p)):

@@ -23,7 +23,7 @@ import os
 import random
 
 from ..fileio import claim_output, staged_folder, write_json_atomic
-from .sources import iter_documents, total_bytes
+from .inputs import iter_documents, total_bytes
 
 logger = logging.getLogger(__name__)
 KINDS = ("spm", "gpt2-bpe")
@@ -31,10 +31,10 @@ SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 END_OF_TEXT = "<|endoftext|>"
 
 
-def split_corpus(source: dict, sample_mb: float, held_out_fraction: float, seed: int, progress: bool):
+def split_corpus(settings: dict, sample_mb: float, held_out_fraction: float, seed: int, progress: bool):
     """(sampled training documents, held-out documents, bytes read)."""
     budget = sample_mb * 1e6
-    size = total_bytes(source)
+    size = total_bytes(settings)
     keep = 1.0 if not size else min(1.0, budget / size)
     rng = random.Random(seed)
     train, held_out, taken, held, read = [], [], 0, 0, 0
@@ -43,7 +43,7 @@ def split_corpus(source: dict, sample_mb: float, held_out_fraction: float, seed:
         from tqdm import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=size, unit="B", unit_scale=True, desc="reading")
-    for document in iter_documents(source):
+    for document in iter_documents(settings):
         n = len(document.encode("utf-8"))
         read += n
         if bar is not None:
@@ -62,7 +62,7 @@ def split_corpus(source: dict, sample_mb: float, held_out_fraction: float, seed:
     if bar is not None:
         bar.close()
     if not train:
-        raise ValueError("the source yielded no documents to train a vocabulary on")
+        raise ValueError("the input yielded no documents to train a vocabulary on")
     return train, held_out, read
 
 
@@ -146,7 +146,7 @@ def train_vocabulary(cfg: dict, progress: bool = True) -> dict:
     if cfg["vocab_size"] < 300:
         raise ValueError(f"vocab_size must be at least 300, got {cfg['vocab_size']}")
     claim_output(output, "report.json", "vocabulary of train_tokenizer.py", bool(cfg.get("overwrite")))
-    train, held_out, read = split_corpus(cfg["source"], cfg["sample_mb"], cfg["held_out_fraction"], cfg["seed"],
+    train, held_out, read = split_corpus(cfg["input"], cfg["sample_mb"], cfg["held_out_fraction"], cfg["seed"],
                                          progress)
     logger.info("training a %s vocabulary of %d on %d documents (%.1f MB of %.1f MB read)", kind,
                 cfg["vocab_size"], len(train), sum(len(d.encode()) for d in train) / 1e6, read / 1e6)
