@@ -243,7 +243,7 @@ def test_the_word_order_task_cannot_be_solved_from_word_counts():
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from deberta_pretrain.finetune.data import python_help_order_task
+    from deberta_pretrain.finetune.tasks import python_help_order_task
 
     train, dev = python_help_order_task("train"), python_help_order_task("validation")
     assert not {r["sentence"] for r in train} & {r["sentence"] for r in dev}

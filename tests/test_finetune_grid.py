@@ -115,8 +115,10 @@ def made_up(seed, lr, selection, accuracy=None, diverged=False):
 
 
 def test_the_choice_is_the_best_median_over_seeds_and_a_diverged_seed_counts_as_the_worst():
-    from deberta_pretrain.finetune.grid import choose, grid_points, runs_by_key
-    from deberta_pretrain.finetune.suite import missing_runs, summarize
+    from deberta_pretrain.finetune.grid import choose, grid_points
+    from deberta_pretrain.finetune.grid import trials_by_key as runs_by_key
+    from deberta_pretrain.finetune.results import summarize
+    from deberta_pretrain.finetune.suite import missing_trials as missing_runs
 
     recipe = {"lr": [1e-5, 3e-5, 1e-4], "epochs": 3.0, "batch_size": 32, "warmup_steps": None}
     runs = [made_up(1, 1e-5, 0.70), made_up(2, 1e-5, 0.71), made_up(3, 1e-5, 0.72),  # median 0.71
@@ -172,7 +174,7 @@ def test_nothing_learned_is_judged_against_a_constant_prediction_and_the_label_p
 def test_fine_tuning_uses_the_shared_engine_builder_with_zero_2(quickstart_shaped, tmp_path, monkeypatch):
     """The engine options pretraining has, fine-tuning has too: ZeRO-2 and gradient clipping from the fine-tuning
     config's own sections, through training/engine.py, and its metrics log; the model still learns the task."""
-    from deberta_pretrain.finetune import trainer
+    from deberta_pretrain.finetune import engine as trainer
     from deberta_pretrain.training import engine as shared
 
     built = []
@@ -201,7 +203,7 @@ def test_nothing_learned_under_capped_steps_does_not_blame_the_rate():
 
     from omegaconf import OmegaConf
 
-    from deberta_pretrain.finetune.suite import nothing_learned_warning
+    from deberta_pretrain.finetune.results import nothing_learned_warning
 
     runs = [{"nothing_learned": "accuracy 0.5 = the majority class"}]
     for train, advice in (({"max_steps": 5, "max_train_samples": None}, "cut short by train.max_steps=5: raise or "

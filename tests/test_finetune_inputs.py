@@ -311,7 +311,7 @@ def test_results_hold_no_nan(tmp_path):
     selection and the table say so."""
     from deberta_pretrain.fileio import write_json_atomic
     from deberta_pretrain.finetune.metrics import better, compute, selection_score
-    from deberta_pretrain.finetune.suite import markdown, summarize
+    from deberta_pretrain.finetune.results import markdown, summarize
 
     path = tmp_path / "results.json"
     with pytest.raises(ValueError, match=f"{path}: not written"):

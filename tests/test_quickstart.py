@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from deberta_pretrain.finetune.data import python_help_order_task
+from deberta_pretrain.finetune.tasks import python_help_order_task
 from deberta_pretrain.training.metrics import read_metrics
 from pretrain_helpers import ROOT
 

@@ -150,9 +150,9 @@ def validate_finetune(cfg) -> None:
     _finetune_number("optim.eps", cfg.optim.eps, 0, strict=True)
     for key in ("beta1", "beta2"):
         _finetune_number(f"optim.{key}", cfg.optim[key], 0, below=1)
-    from .data import suite_tasks  # noqa: PLC0415 (numpy: this module stays light)
+    from .tasks import suite_tasks  # noqa: PLC0415
 
-    _, tasks = suite_tasks(cfg)
+    _, tasks = suite_tasks(cfg.suite, cfg.task)
     names = [task.name for task in tasks]
     if len(set(names)) < len(names):
         raise ValueError(f"suite.tasks: each task once (one results file each), got {names}")
@@ -163,7 +163,8 @@ def validate_finetune(cfg) -> None:
 def validate_finetune_task(task) -> None:
     """One task's config (``conf/task/<name>.yaml``, a suite's overrides applied): name, source, fields, problem,
     number of labels, metrics and selection, recipe; ``ValueError`` names the task and key."""
-    from .data import BUILT_IN, configured_problem  # noqa: PLC0415
+    from .labels import configured_problem  # noqa: PLC0415
+    from .tasks import BUILT_IN  # noqa: PLC0415
     from .metrics import PROBLEM_METRICS, check_metrics  # noqa: PLC0415
 
     def fail(key, message):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..deberta import ModelConfig
 from ..export import write_model
 from ..fileio import staged_folder
-from .trainer import POOLING, classifier_config
+from .classifier import POOLING, classifier_config
 
 
 def export_classifier(state: dict, pretrained, data, folder: str) -> str:

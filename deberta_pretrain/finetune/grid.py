@@ -1,10 +1,11 @@
 """A task's recipe as a grid, and the choice of its setting on dev.
 
 ``task.recipe.lr`` (and ``epochs``, ``batch_size``, ``warmup_steps``) may be a list: every combination (a *point*)
-is trained with every seed and each run scored on dev; the point whose median best-dev score over the seeds is
-highest is the one a task's table reports. This is how the papers that report GLUE tables choose the learning rate
-(DeBERTa, RoBERTa and ELECTRA tune it on dev over a small grid), and what lets one default serve models of any size.
-A run is identified by its seed and its point, so a grid that grows trains only its new points.
+is trained with every seed (a *trial*, :class:`~.trial.Trial`) and each trial scored on dev; the point whose median
+best-dev score over the seeds is highest is the one a task's table reports. This is how the papers that report GLUE
+tables choose the learning rate (DeBERTa, RoBERTa and ELECTRA tune it on dev over a small grid), and what lets one
+default serve models of any size.
+A trial is identified by its seed and its point, so a grid that grows trains only its new points.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 GRID_KEYS = ("lr", "epochs", "batch_size", "warmup_steps")
-# Each key's values as one type, so that 3 and 3.0 (or a value read back from JSON) name the same run.
+WARMUP_SHARE = 0.06  # warmup_steps null: this share of a trial's steps (as RoBERTa's GLUE recipes)
+# Each key's values as one type, so that 3 and 3.0 (or a value read back from JSON) name the same trial.
 NORMAL = {"lr": float, "epochs": float, "batch_size": int, "warmup_steps": lambda v: None if v is None else int(v)}
 
 
@@ -48,14 +50,14 @@ def point_key(point: dict) -> str:
     return " ".join(f"{key} {NORMAL[key](point[key])}" for key in GRID_KEYS)
 
 
-def run_key(seed: int, point: dict) -> str:
-    """What identifies a run of a task: its seed and its point."""
+def trial_key(seed: int, point: dict) -> str:
+    """What identifies a trial of a task: its seed and its point."""
     return f"seed {int(seed)} {point_key(point)}"
 
 
-def runs_by_key(runs: list) -> dict:
-    """{run key: run} of a task's recorded runs."""
-    return {run_key(run["seed"], run["recipe"]): run for run in runs}
+def trials_by_key(records: list) -> dict:
+    """{trial key: record} of a task's recorded trials (:meth:`.Trial.to_json`)."""
+    return {trial_key(record["seed"], record["recipe"]): record for record in records}
 
 
 def describe(point: dict, points: list) -> str:
@@ -64,35 +66,35 @@ def describe(point: dict, points: list) -> str:
 
     def show(key):
         if point[key] is None:  # warmup_steps null
-            return "warmup 6 %"
+            return f"warmup {100 * WARMUP_SHARE:g} %"
         return f"{key} {point[key]:g}" if isinstance(point[key], float) else f"{key} {point[key]}"
 
     return ", ".join(show(key) for key in varying)
 
 
-def score(run: dict) -> float:
-    """A run's best dev selection score; -inf for a run that diverged or whose score is undefined, so that a point
-    whose seeds fail cannot win on the seeds that did not."""
-    best = run.get("best")
+def score(record: dict) -> float:
+    """A trial's best dev selection score (``record``: :meth:`.Trial.to_json`); -inf for a trial that diverged or
+    whose score is undefined, so that a point whose seeds fail cannot win on the seeds that did not."""
+    best = record.get("best")
     return -math.inf if not best or best["selection_score"] is None else best["selection_score"]
 
 
-def choose(runs: dict, points: list, seeds: list) -> tuple[dict, list, list]:
-    """(the chosen point, its runs, [(point, median score or None)] of every point): the point with the best median
-    dev score over ``seeds`` (a diverged run counts as the worst score); ``runs`` maps :func:`run_key` to a run.
-    ``ValueError`` when every run of every point diverged."""
+def choose(trials: dict, points: list, seeds: list) -> tuple[dict, list, list]:
+    """(the chosen point, its trials, [(point, median score or None)] of every point): the point with the best
+    median dev score over ``seeds`` (a diverged trial counts as the worst score); ``trials`` maps :func:`trial_key`
+    to a trial's record. ``ValueError`` when every trial of every point diverged."""
     scored, chosen = [], None
     for point in points:
-        point_runs = [runs[run_key(seed, point)] for seed in seeds]
-        median = float(np.median([score(run) for run in point_runs]))
+        point_trials = [trials[trial_key(seed, point)] for seed in seeds]
+        median = float(np.median([score(trial) for trial in point_trials]))
         scored.append((point, median if math.isfinite(median) else None))
-        trained = any(run.get("best") for run in point_runs)
+        trained = any(trial.get("best") for trial in point_trials)
         if trained and (chosen is None or median > chosen[1]):
             chosen = (point, median)
     if chosen is None:
         raise ValueError(f"every run of the grid {[describe(p, points) or p for p in points]} diverged: try lower "
                          f"learning rates")
-    return chosen[0], [runs[run_key(seed, chosen[0])] for seed in seeds], scored
+    return chosen[0], [trials[trial_key(seed, chosen[0])] for seed in seeds], scored
 
 
 def advice(chosen: dict, points: list, key: str) -> str:

@@ -113,16 +113,16 @@ def constant_score(train_targets: list, dev_targets: dict, problem: str, names, 
     return best
 
 
-def learned_nothing(run: dict, train_targets: list, dev_targets: dict, problem: str, names,
+def learned_nothing(trial: dict, train_targets: list, dev_targets: dict, problem: str, names,
                     selection: str | None) -> str | None:
-    """Why ``run`` (a fine-tuning run's record) learned nothing, or None: its final training loss (over its last
-    steps) did not fall below that of predicting the label prior (:func:`prior_loss`), or its best dev score is no
-    better than that of a constant prediction (:func:`constant_score`)."""
-    loss, prior = run["final_train_loss"], prior_loss(train_targets, problem)
+    """Why ``trial`` (a fine-tuning trial's record, :meth:`.Trial.to_json`) learned nothing, or None: its final
+    training loss (over its last steps) did not fall below that of predicting the label prior (:func:`prior_loss`),
+    or its best dev score is no better than that of a constant prediction (:func:`constant_score`)."""
+    loss, prior = trial["final_train_loss"], prior_loss(train_targets, problem)
     if loss >= prior:
         return f"final training loss {loss:.3f}, predicting the label prior {prior:.3f}"
-    best, constant = run["best"]["selection_score"], constant_score(train_targets, dev_targets, problem, names,
-                                                                    selection)
+    best, constant = trial["best"]["selection_score"], constant_score(train_targets, dev_targets, problem, names,
+                                                                      selection)
     if best is None or best <= constant + 1e-9:
         shown = "undefined" if best is None else f"{best:.3f}"
         return f"best dev score {shown}, a constant prediction scores {constant:.3f}"
