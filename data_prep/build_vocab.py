@@ -14,42 +14,42 @@ is refused (the dataset's manifest records its vocabulary's sha256). The keys: c
 """
 
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from deberta_pretrain.cli import command_errors
 from deberta_pretrain.config import check_tool_config, register_tool_configs
 from deberta_pretrain.deberta import GPT2Tokenizer
 from deberta_pretrain.deberta.gpt2_vocab import build_bpe_encoder, save_bpe_encoder
-from deberta_pretrain.fileio import owned_by_another_tool
+from deberta_pretrain.layout import owned_by_another_tool
 
 register_tool_configs()
 
 
-@hydra.main(version_base=None, config_path="../conf/data_prep", config_name="build_vocab")
-def main(cfg: DictConfig) -> None:
-    try:
-        check_tool_config(cfg, "build_vocab")
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+def output_file(cfg) -> str:
+    """The file to write: local, not inside another tool's output, not a folder, and new unless ``overwrite``."""
     if "://" in str(cfg.output):
-        sys.exit(f"error: output={cfg.output}: build_vocab writes a local file (upload it afterwards if need be)")
+        raise ValueError(f"output={cfg.output}: build_vocab writes a local file (upload it afterwards if need be)")
     output = os.path.abspath(cfg.output)
     owner = owned_by_another_tool(output)
     if owner:
-        sys.exit(f"error: {output} is inside {owner}, which belongs to another output; write the vocabulary elsewhere")
+        raise ValueError(f"{output} is inside {owner}, which belongs to another output; write the vocabulary elsewhere")
     if os.path.isdir(output):
-        sys.exit(f"error: output={output} is a folder; name the file to write, e.g. {output}/bpe_encoder.bin")
+        raise ValueError(f"output={output} is a folder; name the file to write, e.g. {output}/bpe_encoder.bin")
     if os.path.exists(output) and not cfg.overwrite:
-        sys.exit(f"error: {output} exists; pass overwrite=true to replace it")
-    try:
+        raise ValueError(f"{output} exists; pass overwrite=true to replace it")
+    return output
+
+
+@hydra.main(version_base=None, config_path="../conf/data_prep", config_name="build_vocab")
+def main(cfg: DictConfig) -> None:
+    # the file is written atomically: an interrupted or failed build leaves nothing partial
+    with command_errors("interrupted: nothing was written"):
+        check_tool_config(cfg, "build_vocab")
+        output = output_file(cfg)
         vocab = build_bpe_encoder(cfg.encoder_json, cfg.vocab_bpe, cfg.dict_txt)
         sha256 = save_bpe_encoder(vocab, output)
-    except (OSError, ValueError) as e:  # a missing or malformed input file: the message names it
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # the file is written atomically: nothing partial is left
-        sys.exit("interrupted: nothing was written")
     tokenizer = GPT2Tokenizer(output)
     print(f"wrote {output} (sha256 {sha256}): {tokenizer.vocab_size} ids, [MASK]={tokenizer.mask_token_id}, "
           f"dict_source={tokenizer.dict_source}")

@@ -14,6 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from deberta_pretrain.cli import command_errors
 from deberta_pretrain.config import (
     PrepareSchema, check_data_prep_keys, refuse_source_overrides, register_data_prep_configs)
 from deberta_pretrain.data.prepare import prepare
@@ -24,15 +25,9 @@ register_data_prep_configs()
 @hydra.main(version_base=None, config_path="../conf/data_prep", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO)
-    try:
+    with command_errors(f"interrupted: finished segments in {cfg.output} are kept; the same command resumes"):
         check_data_prep_keys(cfg, PrepareSchema)
         manifest = prepare(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    except (OSError, ValueError) as e:  # bad paths, settings or input files: the message names them
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished segments in {cfg.output} are kept; the same command resumes", file=sys.stderr)
-        sys.exit(130)
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['num_samples']} blocks of {manifest['max_seq_length']} tokens, "
               f"{info['num_tokens']} tokens, {info['num_documents']} documents, {len(info['shards'])} shards")

@@ -16,6 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from deberta_pretrain.cli import command_errors
 from deberta_pretrain.config import (
     TrainTokenizerSchema, check_data_prep_keys, refuse_source_overrides, register_data_prep_configs)
 from deberta_pretrain.data.vocab_training import train_vocabulary
@@ -26,15 +27,9 @@ register_data_prep_configs()
 @hydra.main(version_base=None, config_path="../conf/data_prep", config_name="train_tokenizer")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO)
-    try:
+    with command_errors(f"interrupted: {cfg.output} is as it was"):
         check_data_prep_keys(cfg, TrainTokenizerSchema)
         report = train_vocabulary(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    except (OSError, ValueError) as e:  # bad paths, settings or input files: the message names them
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"interrupted: {cfg.output} is as it was", file=sys.stderr)
-        sys.exit(130)
     print(json.dumps(report, indent=2))
     print(f"wrote {os.path.abspath(cfg.output)}")
 

@@ -16,17 +16,16 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from .choices import ATTENTION_BACKENDS, EMBEDDING_SHARING
+from .choices import ATTENTION_BACKENDS, EMBEDDING_SHARING, PRECISIONS, WANDB_MODES, ZERO_STAGES
 from .config_keys import check_keys
 from .data.corpus import configured_sources
 from .data.inputs import INPUTS, input_type
+from .data.mixture import check_alpha
 from .data.streaming import parse_size
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 MASKING = ("token", "whole_word", "span")
 SCHEDULES = ("linear", "cosine", "constant", "wsd")
 DECAY_SHAPES = ("linear", "sqrt", "cosine")  # of the wsd schedule's decay
-WANDB_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
@@ -205,18 +204,19 @@ def validate(cfg) -> None:
     if missing:
         raise ValueError(f"no value for {', '.join(missing)} (every key needs one in conf/ or on the command line)")
     choice("precision", cfg.precision, PRECISIONS)
-    choice("objective", cfg.objective, ("mlm", "rtd"))
+    from .objectives import OBJECTIVES  # noqa: PLC0415  (the model: torch, imported by pretraining anyway)
+
+    choice("objective", cfg.objective, tuple(OBJECTIVES))
     if cfg.objective == "rtd":
         validate_rtd(cfg.rtd)
     configured_sources(cfg.data)
-    if not (isinstance(cfg.data.alpha, (int, float)) and 0 <= cfg.data.alpha < float("inf")):
-        raise ValueError(f"data.alpha must be a finite number >= 0, got {cfg.data.alpha!r}")
+    check_alpha(cfg.data.alpha)
     choice("data.masking", cfg.data.masking, MASKING)
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     if cfg.optim.schedule == "wsd":
         validate_wsd(cfg.optim, cfg.train.max_steps)
     choice("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
-    choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
+    choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, ZERO_STAGES)
     choice("data.verify", cfg.data.verify, ("full", "size", "none"))
     if cfg.data.cache_limit is not None:
         parse_size(cfg.data.cache_limit)

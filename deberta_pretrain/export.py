@@ -31,11 +31,11 @@ import torch
 
 from . import remote
 from .deberta import GPT2Tokenizer, ModelConfig
-from .deberta.rtd import merged_tables
 from .deberta.vocabulary import find_vocab, load_tokenizer, tokenizer_kind
 from .fileio import claim_output, staged_folder, write_json_atomic
 from .model_card import model_card
-from .training.checkpoint import consolidated_state_dict, find_checkpoint, step_of
+from .layout import EXPORT_MARKER, MODEL_CARD, MODEL_CONFIG
+from .training.checkpoint import trained_models
 
 FORMATS = ("release", "hf", "all")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,7 +115,7 @@ def write_model(state: dict, config: ModelConfig, tokenizer, folder: str, fmt: s
     tensors = {k: v.to(DTYPES[dtype]).contiguous().clone() for k, v in state.items()}
     if fmt in ("release", "all"):
         torch.save(tensors, os.path.join(folder, "pytorch_model.bin"))
-        with open(os.path.join(folder, "model_config.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(folder, MODEL_CONFIG), "w", encoding="utf-8") as f:
             f.write(config.to_json_string())
         tokenizer.save_pretrained(folder)  # bpe_encoder.bin or spm.model
     if fmt in ("hf", "all"):
@@ -138,25 +138,17 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
     if remote.is_remote(output):
         return export_to_storage(checkpoint, str(output), fmt, dtype, overwrite, license_name)
     output = os.path.abspath(os.fspath(output))
-    claim_output(output, "export.json", "export", overwrite)
-    root, tag, run_dir = find_checkpoint(checkpoint)
-    vocab_file = find_vocab(run_dir)
-    for name, path in (("model_config.json", os.path.join(run_dir, "model_config.json")),
-                       ("vocabulary (spm.model or bpe_encoder.bin)", vocab_file)):
-        if path is None or not os.path.isfile(path):
-            raise FileNotFoundError(f"{run_dir}: no {name} (written by launch/pretrain.py in the run directory)")
-    config = ModelConfig.from_json_file(os.path.join(run_dir, "model_config.json"))
+    claim_output(output, EXPORT_MARKER, "export", overwrite)
+    trained = trained_models(checkpoint)
+    run_dir, vocab_file = trained.run_dir, find_vocab(trained.run_dir)
+    if vocab_file is None or not os.path.isfile(vocab_file):
+        raise FileNotFoundError(f"{run_dir}: no vocabulary (spm.model or bpe_encoder.bin) (written by "
+                                f"launch/pretrain.py in the run directory)")
     tokenizer = load_tokenizer(vocab_file)
-    state = consolidated_state_dict(root, tag)
-    models = [("", state, config, "mlm")]
-    if any(k.startswith("discriminator.") for k in state):  # objective=rtd: the discriminator, generator/ beside it
-        generator_config_file = os.path.join(run_dir, "generator_config.json")
-        if not os.path.isfile(generator_config_file):
-            raise FileNotFoundError(f"{run_dir}: no generator_config.json (written by launch/pretrain.py "
-                                    f"objective=rtd in the run directory)")
-        discriminator, generator = merged_tables(state)
-        models = [("", discriminator, config, "rtd"),
-                  ("generator", generator, ModelConfig.from_json_file(generator_config_file), "mlm")]
+    config = trained.model[1]
+    models = [("", *trained.model, "mlm")]
+    if trained.generator is not None:  # objective=rtd: the discriminator, generator/ beside it
+        models = [("", *trained.model, "rtd"), ("generator", *trained.generator, "mlm")]
 
     with staged_folder(output) as staging:
         for sub, model_state, model_config, head in models:
@@ -165,12 +157,12 @@ def export(checkpoint, output, fmt: str = "all", dtype: str = "fp32", overwrite:
             write_model(model_state, model_config, tokenizer, folder, fmt, dtype, head)
         _, first_state, _, head = models[0]
         parameters = sum(t.numel() for t in first_state.values())
-        card = model_card(run_dir, os.path.join(root, tag), step_of(tag), config, tokenizer, parameters, head, fmt,
+        card = model_card(run_dir, trained.checkpoint, trained.step, config, tokenizer, parameters, head, fmt,
                           license_name, has_generator=len(models) > 1)
-        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
+        with open(os.path.join(staging, MODEL_CARD), "w", encoding="utf-8") as f:
             f.write(card)
-        write_json_atomic(os.path.join(staging, "export.json"),
-                          {"checkpoint": os.path.join(root, tag), "format": fmt, "dtype": dtype,
+        write_json_atomic(os.path.join(staging, EXPORT_MARKER),
+                          {"checkpoint": trained.checkpoint, "format": fmt, "dtype": dtype,
                            "model": "discriminator" if len(models) > 1 else "mlm"})
     return output
 
@@ -182,7 +174,7 @@ def export_to_storage(checkpoint, url: str, fmt: str, dtype: str, overwrite: boo
     url = url.rstrip("/")
     remote.check_reachable(url, "output")
     names = remote.listdir(url)
-    if names and remote.EXPORT_MARKER not in names:
+    if names and EXPORT_MARKER not in names:
         raise FileExistsError(f"output={url} holds other objects ({', '.join(names[:5])}) and no export; nothing "
                               f"was changed: choose another prefix")
     if names and not overwrite:
@@ -191,6 +183,6 @@ def export_to_storage(checkpoint, url: str, fmt: str, dtype: str, overwrite: boo
     local = export(checkpoint, remote.cache_dir("exports", remote.local_name(url)), fmt, dtype, overwrite=True,
                    license_name=license_name)
     if names:
-        remote.remove(remote.join(url, remote.EXPORT_MARKER))  # readers stop trusting the old one first
-    remote.upload_folder(local, url, remote.EXPORT_MARKER)
+        remote.remove(remote.join(url, EXPORT_MARKER))  # readers stop trusting the old one first
+    remote.upload_folder(local, url, EXPORT_MARKER)
     return url

@@ -15,6 +15,8 @@ import os
 import shutil
 import tempfile
 
+from .layout import owned_by_another_tool
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file; mkstemp creates 0600
@@ -61,34 +63,6 @@ def describe_folder(folder: str, limit: int = 5) -> str:
     names = sorted(n + ("/" if os.path.isdir(os.path.join(folder, n)) else "") for n in os.listdir(folder))
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
-
-
-def _json_with(path: str, key: str, prefix: str = "") -> bool:
-    """Whether ``path`` is a JSON object whose ``key`` is present (and a string starting with ``prefix``, if
-    given): a marker file is recognised by its content, not by its name alone."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = json.load(f)
-    except (OSError, ValueError):
-        return False
-    value = content.get(key) if isinstance(content, dict) else None
-    return value is not None and (not prefix or str(value).startswith(prefix))
-
-
-def owned_by_another_tool(path: str) -> str | None:
-    """The folder above ``path`` whose whole tree belongs to another output (a run's ``checkpoints/``, a prepared
-    dataset, an export), or None."""
-    folder = os.path.dirname(os.path.abspath(path))
-    while True:
-        if os.path.basename(folder) == "checkpoints" and os.path.isfile(os.path.join(folder, "latest")):
-            return folder
-        if _json_with(os.path.join(folder, "manifest.json"), "format", "deberta_pretrain.shards") or \
-                _json_with(os.path.join(folder, "export.json"), "checkpoint"):
-            return folder
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
 
 
 def claim_output(output, marker, what: str, overwrite: bool, nested_ok: bool = False) -> None:

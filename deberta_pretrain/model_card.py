@@ -11,11 +11,11 @@ import os
 
 import yaml
 
-from .data.shards import MANIFEST
 from .deberta import ModelConfig
 from .deberta.release import hub_name
 from .deberta.vocabulary import tokenizer_kind
 from .fileio import sha256_file
+from .layout import MANIFEST, MODEL_CARD, RESULTS_TABLE, finetune_results_files, recorded_config
 from .training.checkpoint import read_marker
 from .training.metrics import read_metrics
 
@@ -26,8 +26,8 @@ OBJECTIVES = {"mlm": "masked language modelling (DeBERTa v1's recipe)",
 def run_config(run_dir: str, checkpoint: str) -> dict:
     """The config the checkpoint was trained with (its ``complete.json``; older ones: the run's ``.hydra``)."""
     recorded = (read_marker(checkpoint) or {}).get("config")
-    if recorded is None and os.path.isfile(os.path.join(run_dir, ".hydra", "config.yaml")):
-        with open(os.path.join(run_dir, ".hydra", "config.yaml"), encoding="utf-8") as f:
+    if recorded is None and os.path.isfile(recorded_config(run_dir)):
+        with open(recorded_config(run_dir), encoding="utf-8") as f:
             recorded = yaml.safe_load(f)
     return recorded or {}
 
@@ -46,7 +46,7 @@ def base_model(init_from: str | None) -> str | None:
         return None
     if hub_name(init_from):
         return f"microsoft/{hub_name(init_from)}"
-    card = os.path.join(init_from, "README.md")
+    card = os.path.join(init_from, MODEL_CARD)
     if os.path.isfile(card):
         return front_matter(card).get("base_model")
     return None
@@ -126,7 +126,7 @@ def describe_validation(validation: dict) -> list[str]:
 
 def provenance(run_dir: str, checkpoint: str, sources: dict) -> list[str]:
     lines = [f"- checkpoint: `{checkpoint}`"]
-    config = os.path.join(run_dir, ".hydra", "config.yaml")
+    config = recorded_config(run_dir)
     if os.path.isfile(config):
         lines.append(f"- settings (`.hydra/config.yaml`): sha256 `{sha256_file(config)}`")
     for name, path in sources.items():
@@ -176,7 +176,7 @@ def model_card(run_dir: str, checkpoint: str, step: int, config: ModelConfig, to
     table = describe_validation(validation)
     if table:
         lines += ["", f"## Validation (last evaluation at or before step {step})", "", *table]
-    for results in sorted(glob.glob(os.path.join(run_dir, "finetune", "*", f"step_{step:08d}", "results.md"))):
+    for results in sorted(glob.glob(finetune_results_files(run_dir, RESULTS_TABLE, step))):
         with open(results, encoding="utf-8") as f:
             lines += ["", f"## Fine-tuning ({os.path.basename(os.path.dirname(os.path.dirname(results)))})", "",
                       f.read().strip()]

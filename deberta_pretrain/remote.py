@@ -15,6 +15,8 @@ import logging
 import os
 import time
 
+from .layout import EXPORT_MARKER
+
 S3_OPTIONS = {
     # fail fast and let callers retry with their own backoff, so that a lost endpoint costs seconds
     "config_kwargs": {"connect_timeout": 10, "read_timeout": 120, "retries": {"max_attempts": 2, "mode": "standard"}},
@@ -202,7 +204,6 @@ def upload_folder(local: str, url: str, marker: str) -> None:
         upload(os.path.join(local, name), join(url, name))
 
 
-EXPORT_MARKER = "export.json"  # written last by launch/export.py
 
 
 def fetch_export(url: str, key: str) -> str:

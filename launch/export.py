@@ -12,11 +12,11 @@ exports its discriminator to output/ and its generator to output/generator/. Eve
 """
 
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from deberta_pretrain.cli import command_errors
 from deberta_pretrain.config import check_tool_config, register_tool_configs
 
 register_tool_configs()
@@ -27,15 +27,9 @@ def main(cfg: DictConfig) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation runs on the CPU; no GPU needed
     from deberta_pretrain.export import export  # noqa: PLC0415
 
-    try:
+    with command_errors("interrupted: no export was written (a partial one is removed)"):
         check_tool_config(cfg, "export")
         out = export(cfg.checkpoint, cfg.output, cfg.format, cfg.dtype, cfg.overwrite, cfg.license)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: no export was written (a partial one is removed)", file=sys.stderr)
-        sys.exit(130)
     print(f"wrote {out}")
 
 

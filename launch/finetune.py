@@ -15,7 +15,6 @@ Configs: conf/finetune.yaml, conf/task/*.yaml (upstream's recipes), conf/suite/*
 
 import logging
 import os
-import sys
 
 from deberta_pretrain.training.distributed import prepare_argv  # noqa: E402
 
@@ -24,6 +23,7 @@ prepare_argv()  # the deepspeed launcher's --local_rank must go before Hydra par
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from deberta_pretrain.cli import command_errors  # noqa: E402
 from deberta_pretrain.finetune.config import check_finetune_keys, register_finetune_configs  # noqa: E402
 
 register_finetune_configs()
@@ -35,20 +35,9 @@ def main(cfg: DictConfig) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from deberta_pretrain.finetune.suite import run_finetune  # noqa: PLC0415
 
-    try:
+    with command_errors("interrupted: tasks that finished are kept and skipped by the same command", distributed=True):
         check_finetune_keys(cfg)  # the rest is checked by run_finetune before anything is loaded
         run_finetune(cfg)
-    except (OSError, ValueError) as e:  # bad checkpoint, task files or settings: the message names them
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: tasks that finished are kept and skipped by the same command", file=sys.stderr)
-        sys.exit(130)
-    finally:  # close the process group before the interpreter exits: its threads must not outlive it
-        import torch.distributed as dist  # noqa: PLC0415
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

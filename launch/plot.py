@@ -10,11 +10,11 @@ The keys: conf/plot.yaml (``--help`` lists them).
 """
 
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from deberta_pretrain.cli import command_errors
 from deberta_pretrain.config import check_tool_config, register_tool_configs
 from deberta_pretrain.training.plots import plot_comparison, plot_run
 
@@ -23,7 +23,7 @@ register_tool_configs()
 
 @hydra.main(version_base=None, config_path="../conf", config_name="plot")
 def main(cfg: DictConfig) -> None:
-    try:
+    with command_errors("interrupted: run the same command again to draw every plot"):
         check_tool_config(cfg, "plot")
         compare = cfg.compare
         if compare is not None and not isinstance(compare, ListConfig):
@@ -31,12 +31,6 @@ def main(cfg: DictConfig) -> None:
         written = plot_run(cfg.run, cfg.out)
         if compare:
             written.append(plot_comparison(cfg.run, list(compare), cfg.out))
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to draw every plot", file=sys.stderr)
-        sys.exit(130)
     for path in written:
         print(f"wrote {path}")
     if written:

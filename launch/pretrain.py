@@ -11,7 +11,6 @@ Configs: conf/pretrain.yaml and its groups; every key is in docs/configuration.m
 
 import logging
 import os
-import sys
 
 from deberta_pretrain.training.distributed import prepare_argv  # noqa: E402
 
@@ -20,6 +19,7 @@ prepare_argv()  # the deepspeed launcher's --local_rank must go before Hydra par
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from deberta_pretrain.cli import command_errors  # noqa: E402
 from deberta_pretrain.config import register_configs  # noqa: E402
 
 register_configs()
@@ -31,16 +31,10 @@ def main(cfg: DictConfig) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from deberta_pretrain.training.trainer import pretrain
 
-    try:
+    # Ctrl-C before the first step (once training runs, the trainer handles it); bad input exits in the trainer
+    with command_errors("interrupted during start-up; no checkpoint was written by this start", bad_input=(),
+                        distributed=True):
         pretrain(cfg)
-    except KeyboardInterrupt:  # Ctrl-C before the first step (once training runs, the trainer handles it)
-        print("interrupted during start-up; no checkpoint was written by this start", file=sys.stderr)
-        sys.exit(130)
-    finally:  # close the process group before the interpreter exits: its threads must not outlive it
-        import torch.distributed as dist  # noqa: PLC0415
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

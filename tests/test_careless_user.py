@@ -243,7 +243,7 @@ def test_fine_tuning_results_are_not_taken_for_a_run(tmp_path):
     """A fine-tuning results folder holds a metrics.jsonl like a run: export, fine-tuning, plots and a pretraining
     run's name= must still not take it for one (a run would have rewritten its metrics)."""
     from deberta_pretrain.finetune.pretrained import load_pretrained
-    from deberta_pretrain.training.checkpoint import is_run_directory
+    from deberta_pretrain.layout import is_run_directory
     from deberta_pretrain.training.plots import plot_run
 
     results = tmp_path / "finetune" / "glue-small" / "step_00000006"

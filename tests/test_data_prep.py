@@ -189,7 +189,7 @@ def test_other_settings_in_the_same_output_need_overwrite(tmp_path):
     assert ShardedDataset(out, "train")[0].shape == (64,)
 
 
-def test_jsonl_parquet_sources_and_their_errors(tmp_path, tokenizer):
+def test_jsonl_parquet_inputs_and_their_errors(tmp_path, tokenizer):
     records = [{"text": f"record number {i} says hello", "id": i} for i in range(20)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     manifest = prepare_module.prepare(

@@ -94,7 +94,7 @@ def test_metrics_match_their_definitions():
 
 
 def sentences(count, seed):
-    from deberta_pretrain.data.sources import python_help_topics
+    from deberta_pretrain.data.inputs.python_help import python_help_topics
 
     words = " ".join(python_help_topics()[:20]).split()
     rng = np.random.default_rng(seed)

@@ -8,14 +8,16 @@ import deberta_pretrain
 
 PACKAGE = os.path.dirname(deberta_pretrain.__file__)
 # unit -> layer: a unit imports only units of a lower layer (and itself)
-LAYERS = {"__init__": 0, "fileio": 0, "config_keys": 0, "remote": 0, "choices": 0,
-          "deberta": 1,  # the model, tokenizers, release files
-          "data": 2,  # prepared data: prep, shards, mixtures, sampler, masking
-          "objectives": 3, "config": 3,  # what is trained; the config schema
-          "training": 4,  # the pretraining loop and its components
-          "model_card": 5,  # an export's README.md, from what the run recorded
-          "export": 6,
-          "finetune": 7}
+LAYERS = {"layout": 0,  # where every file of a run, results, an export or a dataset lives
+          "__init__": 1, "cli": 1, "fileio": 1, "config_keys": 1, "remote": 1, "choices": 1,
+          "deberta": 2,  # the model, tokenizers, release files
+          "data": 3,  # prepared data: prep, shards, mixtures, sampler, masking
+          "objectives": 4,  # what is trained
+          "config": 5,  # the config schema (it checks objective= against the objectives)
+          "training": 6,  # the pretraining loop and its components
+          "model_card": 7,  # an export's README.md, from what the run recorded
+          "export": 8,
+          "finetune": 9}
 
 
 def unit_of(path: str) -> str:
@@ -87,3 +89,41 @@ def test_the_fault_hook_patches_names_that_exist_and_are_called():
         assert name in hooks, f"the fault hook no longer patches {name}"
         assert used, f"{name} is patched by the fault hook but no longer on the path it watches"
     assert callable(trainer.step_seed) and callable(remote.upload)
+
+
+def string_constants(path: str):
+    """(line, value) of every string literal in the module at ``path`` that is not a docstring."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_file_names_of_runs_results_and_exports_are_spelled_only_in_the_layout():
+    """``layout.py`` owns the names of a run directory, its checkpoints, fine-tuning results, exports and datasets:
+    a module (or entry point) that spells one instead of asking the layout fails here."""
+    from deberta_pretrain import layout
+
+    names = {value for key, value in vars(layout).items() if key.lstrip("_").isupper() and isinstance(value, str)}
+    names |= {name.split("/")[0] for name in names}  # .hydra of .hydra/config.yaml
+    assert {"train.log", "metrics.jsonl", "complete.json", "results.json", "export.json", "step_"} <= names
+    allowed = {("deberta/release.py", "latest"),  # a release's version folder, not a checkpoint's pointer
+               ("../launch/finetune.py", "finetune")}  # Hydra's config name
+    names.discard("from_scratch")  # also the config key and the results' field of that name
+    spelled = []
+    root = os.path.dirname(PACKAGE)
+    for folder in (PACKAGE, os.path.join(root, "launch"), os.path.join(root, "data_prep")):
+        for directory, _, files in os.walk(folder):
+            for file in files:
+                path = os.path.join(directory, file)
+                mine = os.path.relpath(path, PACKAGE)
+                if not file.endswith(".py") or path == layout.__file__:
+                    continue
+                for line, value in string_constants(path):
+                    if (value in names or any(value.startswith(name + "/") for name in names)) and \
+                            (mine, value) not in allowed:
+                        spelled.append(f"{os.path.relpath(path, root)}:{line} spells {value!r}")
+    assert not spelled, "\n".join(sorted(spelled))

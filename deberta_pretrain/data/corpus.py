@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .. import remote
 from ..fileio import describe_folder
+from ..layout import MANIFEST
 from .mixture import check_source_name, source_shares, stream_key
 from .sampler import StepSampler
 from .shards import DataError, ShardedDataset, read_manifest
@@ -121,7 +122,7 @@ class Corpus:
                 remote.check_reachable(source.path, source.key)
                 stage_dir = self.data.stage_dir or remote.cache_dir("data")
                 source.local = staged_path(source.path, stage_dir)
-                if self.cache_limit is not None and not os.path.isfile(os.path.join(source.local, "manifest.json")):
+                if self.cache_limit is not None and not os.path.isfile(os.path.join(source.local, MANIFEST)):
                     source.manifest = json.loads(remote_manifest(source.path))  # a complete copy is read as it is
                     if copy_here:
                         fetch_dataset(source.path, stage_dir, stream=True)
@@ -146,7 +147,7 @@ class Corpus:
         manifests = {}
         for source in self.sources:
             if not remote.is_remote(source.path) and os.listdir(source.path) and not os.path.isfile(
-                    os.path.join(source.local, "manifest.json")) and not os.path.isdir(
+                    os.path.join(source.local, MANIFEST)) and not os.path.isdir(
                     os.path.join(source.path, ".prepare")):  # a run, an export, a folder of other files
                 raise DataError(f"{source.key}: {source.path} is not prepared data (no manifest.json; it holds "
                                 f"{describe_folder(source.path)})")
@@ -255,6 +256,24 @@ class Corpus:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+    def validation_blocks(self, source: Source, limit: int) -> int:
+        """How many validation blocks of ``source`` an evaluation reads: its first ``limit`` (train.eval_samples)."""
+        return min(len(source.validation), limit)
+
+    def validation_weights(self, evaluated: list[Source], limit: int) -> dict[str, float]:
+        """{source name: factor}: the mixture's validation statistics are the sum of each evaluated source's summed
+        statistics times its factor, which weighs the source by its share per block (as if the validation blocks
+        were drawn from the mixture). Sources without validation blocks (not in ``evaluated``) are left out and the
+        others' shares renormalised; a source of share 0 is reported on its own, not mixed in. Empty when no
+        evaluated source has a share."""
+        mixed_in = [s for s in evaluated if s.share > 0]
+        blocks = {s.name: self.validation_blocks(s, limit) for s in mixed_in}
+        weight = sum(s.share for s in mixed_in)
+        if weight <= 0:
+            return {}
+        scale = sum(blocks.values()) / weight
+        return {s.name: s.share * scale / blocks[s.name] for s in mixed_in}
 
     def train_item(self, source: int, epoch: int, index: int):
         """(sample key, block) of a training sample as the sampler names it (``source``: an index into ``used``);

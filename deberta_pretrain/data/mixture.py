@@ -37,6 +37,12 @@ def check_source_name(name) -> None:
                          f"becomes part of metric keys such as samples/<name> and validation/<name>)")
 
 
+def check_alpha(alpha) -> None:
+    """``data.alpha`` is a finite number >= 0 (``ValueError`` naming it otherwise)."""
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"data.alpha must be a finite number >= 0, got {alpha!r}")
+
+
 def source_shares(weights: Mapping[str, float | None], tokens: Mapping[str, int], alpha: float) -> dict[str, float]:
     """Each source's share of the samples, summing to 1: from explicit ``weights`` (normalised), or, when every
     weight is null, ``p_i ~ tokens_i ** alpha`` (1 = proportional to size, 0 = uniform, 0.3 = XLM-R's temperature).
@@ -49,9 +55,7 @@ def source_shares(weights: Mapping[str, float | None], tokens: Mapping[str, int]
                          f"give every source a weight, or none of them (shares then follow their sizes and "
                          f"data.alpha)")
     if unset:
-        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha)
-                and alpha >= 0):
-            raise ValueError(f"data.alpha must be a finite number >= 0, got {alpha!r}")
+        check_alpha(alpha)
         raw = {name: float(tokens[name]) ** alpha if tokens[name] > 0 else 0.0 for name in weights}
     else:
         raw = {}

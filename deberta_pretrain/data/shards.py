@@ -23,8 +23,8 @@ import os
 import numpy as np
 
 from ..fileio import sha256_file, write_json_atomic
+from ..layout import MANIFEST
 
-MANIFEST = "manifest.json"
 VOCAB_FILE = "bpe_encoder.bin"
 VERIFIED = ".verified.json"  # shards already hashed: {file: [size, mtime_ns, sha256]}
 SPLITS = ("train", "validation")

@@ -7,10 +7,11 @@ import pickle
 
 import torch
 
+from ..layout import GENERATOR_CONFIG, MODEL_CONFIG
 from .config import ModelConfig
 
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors", "pytorch.model.bin")
-CONFIG_FILES = ("model_config.json", "config.json")
+CONFIG_FILES = (MODEL_CONFIG, "config.json")
 # A config given by the user overrides the checkpoint's, except for the fields that fix the tensor shapes.
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
                 "max_position_embeddings")
@@ -55,7 +56,7 @@ def find_config_beside(weights_path: str) -> ModelConfig | None:
     folder = os.path.dirname(os.path.abspath(weights_path))
     names = CONFIG_FILES
     if "generator" in os.path.basename(weights_path):
-        names = ("generator_config.json",) + tuple(names)
+        names = (GENERATOR_CONFIG,) + tuple(names)
     for name in names:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):

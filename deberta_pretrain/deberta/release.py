@@ -18,6 +18,7 @@ import os
 import tempfile
 
 from ..fileio import sha256_file, write_json_atomic
+from ..layout import MODEL_CONFIG
 from .download import DownloadError, download_file
 
 # Short names accepted by upstream's loader -> hub repository names (the hub names are accepted as well).
@@ -32,7 +33,7 @@ RELEASE_NAMES = {
 HUB_NAMES = set(RELEASE_NAMES.values())
 DEFAULT_URL = "https://huggingface.co/microsoft/{name}/resolve/{revision}/{file}"
 URL_ENV, TIMEOUT_ENV, RETRIES_ENV = "DEBERTA_RELEASE_URL", "DEBERTA_DOWNLOAD_TIMEOUT", "DEBERTA_DOWNLOAD_RETRIES"
-WEIGHTS, CONFIG, VOCAB, SPM_VOCAB = "pytorch_model.bin", "model_config.json", "bpe_encoder.bin", "spm.model"
+WEIGHTS, CONFIG, VOCAB, SPM_VOCAB = "pytorch_model.bin", MODEL_CONFIG, "bpe_encoder.bin", "spm.model"
 REMOTE_NAME = {CONFIG: "config.json"}  # the hub stores model_config.json as config.json
 RECORD = ".cache.json"
 

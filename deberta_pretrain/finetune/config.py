@@ -10,8 +10,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import ListConfig, MISSING, OmegaConf
 
-from ..config import PRECISIONS, WANDB_MODES
+from ..choices import PRECISIONS, WANDB_MODES, ZERO_STAGES
+from ..config import DeepSpeedSchema
 from ..config_keys import check_keys
+from ..layout import FINETUNE_MARKER, RESULTS, task_record
 
 # ---- fine-tuning (conf/finetune.yaml) ------------------------------------------------------------------------
 @dataclass
@@ -30,13 +32,6 @@ class FinetuneOptimSchema:
     beta1: float = MISSING
     beta2: float = MISSING
     eps: float = MISSING
-
-
-@dataclass
-class FinetuneDeepSpeedSchema:
-    zero_stage: int = MISSING
-    offload: bool = MISSING  # ZeRO offload of the optimizer state to CPU memory (stage >= 1)
-    extra: dict = field(default_factory=dict)  # merged into the DeepSpeed config as is
 
 
 @dataclass
@@ -65,10 +60,10 @@ class RecipeSchema:
 @dataclass
 class TaskSchema:
     """The keys of ``conf/task/*.yaml`` (checked, not registered: a task's values all come from its file). A
-    ``source: files`` task also takes one key per name in ``eval_splits`` (``train``, ``validation``, ``test`` ...)."""
+    ``data_from: files`` task also takes one key per name in ``eval_splits`` (``train``, ``validation``, ``test`` ...)."""
 
     name: str = MISSING
-    source: str = MISSING
+    data_from: str = MISSING  # glue | files | a built-in task: where the examples come from
     hub_dataset: Optional[str] = None
     glue_config: Optional[str] = None
     data_dir: Optional[str] = None
@@ -103,7 +98,7 @@ class FinetuneSchema:
     suite: Any = None  # conf/suite/<name>.yaml
     train: FinetuneTrainSchema = field(default_factory=FinetuneTrainSchema)
     optim: FinetuneOptimSchema = field(default_factory=FinetuneOptimSchema)
-    deepspeed: FinetuneDeepSpeedSchema = field(default_factory=FinetuneDeepSpeedSchema)
+    deepspeed: DeepSpeedSchema = field(default_factory=DeepSpeedSchema)
     logging: FinetuneLoggingSchema = field(default_factory=FinetuneLoggingSchema)
 
 
@@ -140,8 +135,8 @@ def validate_finetune(cfg) -> None:
         raise ValueError(f"seeds: distinct integers (the table's median is over them), got {seeds}")
     if cfg.task and cfg.suite:
         raise ValueError("choose task= or suite=, not both")
-    if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed.zero_stage: {cfg.deepspeed.zero_stage!r} is not one of (0, 1, 2, 3)")
+    if cfg.deepspeed.zero_stage not in ZERO_STAGES:
+        raise ValueError(f"deepspeed.zero_stage: {cfg.deepspeed.zero_stage!r} is not one of {ZERO_STAGES}")
     if cfg.logging.wandb.mode not in WANDB_MODES:
         raise ValueError(f"logging.wandb.mode: {cfg.logging.wandb.mode!r} is not one of {WANDB_MODES}")
     for key in ("micro_batch_size", "max_steps", "eval_every", "max_train_samples", "max_eval_samples"):
@@ -161,7 +156,7 @@ def validate_finetune(cfg) -> None:
 
 
 def validate_finetune_task(task) -> None:
-    """One task's config (``conf/task/<name>.yaml``, a suite's overrides applied): name, source, fields, problem,
+    """One task's config (``conf/task/<name>.yaml``, a suite's overrides applied): name, data_from, fields, problem,
     number of labels, metrics and selection, recipe; ``ValueError`` names the task and key."""
     from .labels import configured_problem  # noqa: PLC0415
     from .tasks import BUILT_IN  # noqa: PLC0415
@@ -171,11 +166,12 @@ def validate_finetune_task(task) -> None:
         raise ValueError(f"task {task.name}: task.{key}: {message}")
 
     name = task.name
-    if not isinstance(name, str) or name in ("", ".", "..", "results") or "/" in name or "\\" in name:
+    if not isinstance(name, str) or name in ("", ".", "..") or task_record(name) in (RESULTS, FINETUNE_MARKER) or \
+            "/" in name or "\\" in name:
         raise ValueError(f"task.name: {task.name!r} cannot name the results file <output>/<name>.json")
-    sources = ("glue", "files", *BUILT_IN)
-    if task.source not in sources:
-        fail("source", f"{task.source!r} is not one of {sources}")
+    origins = ("glue", "files", *BUILT_IN)
+    if task.data_from not in origins:
+        fail("data_from", f"{task.data_from!r} is not one of {origins}")
     for key in ("text_fields", "eval_splits"):
         value = task[key]
         if not OmegaConf.is_list(value) or not value or len(set(value)) < len(value) or not all(
@@ -185,10 +181,10 @@ def validate_finetune_task(task) -> None:
         fail("text_fields", f"one or two fields (a text or a pair), got {list(task.text_fields)}")
     if not isinstance(task.label_field, str) or not task.label_field:
         fail("label_field", f"the name of the label field, got {task.label_field!r}")
-    if task.source == "files":
+    if task.data_from == "files":
         for split in ("train", *task.eval_splits):
             if not isinstance(task.get(split), str) or not task.get(split):
-                fail(split, f"a file (or glob) for split {split} (source=files), got {task.get(split)!r}")
+                fail(split, f"a file (or glob) for split {split} (data_from=files), got {task.get(split)!r}")
     if task.problem not in (*PROBLEM_METRICS, None):
         fail("problem", f"{task.problem!r} is not one of {list(PROBLEM_METRICS)} or null (inferred from the labels)")
     if task.num_labels is not None:

@@ -29,7 +29,7 @@ class Split:
     """The records of one split, where each comes from (for messages that name the file and row) and, once
     checked, the training target of each (a class id or a value)."""
 
-    source: str  # the file(s) or data set, for messages about the whole split
+    label: str  # the file(s) or data set, for messages about the whole split
     records: list[dict]
     origins: list[tuple[str, str, int]]  # (file, "row" | "line" | "record" | "example", number) of each record
     targets: list = field(default_factory=list)
@@ -40,13 +40,13 @@ class Split:
 
 
 def split_files(task, split: str) -> list[str] | None:
-    """The files of ``split`` (``source: files`` or a local GLUE folder), or None (built-in task, the hub)."""
-    if task.source in BUILT_IN:
+    """The files of ``split`` (``data_from: files`` or a local GLUE folder), or None (built-in task, the hub)."""
+    if task.data_from in BUILT_IN:
         return None
-    if task.source == "files":
+    if task.data_from == "files":
         path = task.get(split)
         if not path:
-            raise ValueError(f"task.{split}: a file is needed for task {task.name} (source=files)")
+            raise ValueError(f"task.{split}: a file is needed for task {task.name} (data_from=files)")
         files = sorted(glob.glob(os.path.expanduser(path))) or [path]
     elif task.data_dir:  # the task's folder, or a folder holding one per task (one setting serves a suite)
         folder = os.path.expanduser(str(task.data_dir))
@@ -65,17 +65,17 @@ def split_files(task, split: str) -> list[str] | None:
 
 def load_split(task, split: str) -> Split:
     """The records of ``split`` of ``task`` (a task config), unchecked."""
-    if task.source in BUILT_IN:
-        source = f"built-in task {task.source} ({split})"
-        records = BUILT_IN[task.source](split)
-        return Split(source, records, [(source, "example", i + 1) for i in range(len(records))])
+    if task.data_from in BUILT_IN:
+        label = f"built-in task {task.data_from} ({split})"
+        records = BUILT_IN[task.data_from](split)
+        return Split(label, records, [(label, "example", i + 1) for i in range(len(records))])
     files = split_files(task, split)
     if files is None:
         import datasets  # noqa: PLC0415
 
-        source = f"{task.hub_dataset} ({task.glue_config}, {split})"
+        label = f"{task.hub_dataset} ({task.glue_config}, {split})"
         records = list(datasets.load_dataset(task.hub_dataset, task.glue_config, split=split))
-        return Split(source, records, [(source, "row", i + 1) for i in range(len(records))])
+        return Split(label, records, [(label, "row", i + 1) for i in range(len(records))])
     records, origins = [], []
     for file in files:
         file_records, file_origins = read_file(file, task.label_field)

@@ -70,7 +70,7 @@ def label_space(task, train: Split) -> tuple[str, list]:
     distinct = set(values)
     if len(distinct) < 2:
         needs = "two classes or more" if problem == "classification" else "labels that differ"
-        raise ValueError(f"{train.source}: every training label ({task.label_field!r}) is {values[0]!r}: a "
+        raise ValueError(f"{train.label}: every training label ({task.label_field!r}) is {values[0]!r}: a "
                          f"{problem} needs {needs}")
     if problem == "regression":
         return problem, []

@@ -15,7 +15,7 @@ from ..deberta import ModelConfig
 from ..deberta.loading import load_model_state
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
 from ..deberta.vocabulary import find_vocab, load_tokenizer
-from ..training.checkpoint import names_a_checkpoint
+from ..layout import default_finetune_root, names_a_checkpoint
 
 
 @dataclass
@@ -33,7 +33,7 @@ def load_pretrained(checkpoint: str) -> Pretrained:
 
     if remote.is_remote(checkpoint):  # an export in object storage: its local copy; results under outputs/
         copy = load_pretrained(remote.fetch_export(checkpoint, "checkpoint"))
-        return dataclasses.replace(copy, where=os.path.join("outputs", "finetune", remote.local_name(checkpoint)))
+        return dataclasses.replace(copy, where=default_finetune_root(remote.local_name(checkpoint)))
     path = os.path.abspath(os.fspath(checkpoint))
     if os.path.isdir(path) and names_a_checkpoint(path):
         trained = trained_models(path)  # an RTD run: its discriminator
@@ -49,7 +49,7 @@ def load_pretrained(checkpoint: str) -> Pretrained:
     if os.path.isdir(path):
         vocab, where = find_vocab(path), path
     else:
-        vocab, where = resolve_vocab_path(checkpoint), os.path.join("outputs", "finetune", str(checkpoint))
+        vocab, where = resolve_vocab_path(checkpoint), default_finetune_root(str(checkpoint))
     if vocab is None:
         raise FileNotFoundError(f"checkpoint: {folder} has no vocabulary (spm.model or bpe_encoder.bin)")
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from ..config_keys import ABSENT, changed_keys
 from ..fileio import sha256_file, write_json_atomic
+from ..layout import RESULTS, RESULTS_TABLE, task_record
 from ..training.metrics import MetricsLogger
 from .data import split_files
 from .grid import GRID_KEYS, advice, describe
@@ -69,7 +70,7 @@ def earlier_record(task, out: str, settings: dict) -> dict:
     """The record in ``<out>/<task>.json`` when it was made with ``settings`` ({} when there is none): its trials
     are reused. Results of other settings are neither reused nor replaced: ``ValueError`` names the keys that changed,
     with both values, and the way out."""
-    task_file = os.path.join(out, f"{task.name}.json")
+    task_file = os.path.join(out, task_record(task.name))
     if not os.path.exists(task_file):
         return {}
     way_out = f"use output=<another folder>, or delete {task_file} to fine-tune {task.name} again"
@@ -150,9 +151,9 @@ def nothing_learned_warning(sections, task, chosen: dict, chosen_trials: list, p
 
 def write_results(results: dict, out: str, log: MetricsLogger) -> None:
     """``results.json``, ``results.md`` (printed too), and the medians in the wandb summary."""
-    write_json_atomic(os.path.join(out, "results.json"), results)
+    write_json_atomic(os.path.join(out, RESULTS), results)
     table = markdown(results)
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, RESULTS_TABLE), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
     print(f"wrote {out} (results.md, results.json, metrics.jsonl)")

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from ..fileio import claim_output, write_json_atomic
-from ..training.checkpoint import FINETUNE_RESULTS_MARKER
+from ..layout import FINETUNE_MARKER, RESULTS, finetune_results_dir, task_record
 from ..training.distributed import init_distributed, on_cpu
 from ..training.metrics import MetricsLogger
 from .batches import TaskData
@@ -39,17 +39,13 @@ from .trial import Trial
 
 __all__ = ["run_finetune"]
 logger = logging.getLogger("deberta_pretrain.finetune")
-MARKER = FINETUNE_RESULTS_MARKER  # written first into a results folder: a re-run after a failure knows it as its own
 
 
 def output_folder(output, from_scratch: bool, suite: str, pretrained) -> str:
     """``output`` where set, else beside the checkpoint (see the module's doc)."""
     if output:
         return os.path.abspath(output)
-    folder = os.path.join(pretrained.where, "finetune", suite)
-    if from_scratch:
-        return os.path.join(folder, "from_scratch")
-    return os.path.join(folder, f"step_{pretrained.step:08d}") if pretrained.step is not None else folder
+    return finetune_results_dir(pretrained.where, suite, pretrained.step, from_scratch)
 
 
 def run_finetune(cfg) -> dict:
@@ -67,15 +63,17 @@ def run_finetune(cfg) -> dict:
     out = output_folder(cfg.output, cfg.from_scratch, suite, pretrained)
     # Results of other settings are refused task by task below. The default folder lies inside the model's folder
     # (an export, a run) by design; output= may not lie in another tool's output.
-    claim_output(out, (MARKER, "results.json", *(f"{task.name}.json" for task in tasks)), "fine-tuning results folder",
-                 overwrite=True, nested_ok=not cfg.output)
+    claim_output(out, (FINETUNE_MARKER, RESULTS, *(task_record(task.name) for task in tasks)),
+                 "fine-tuning results folder", overwrite=True, nested_ok=not cfg.output)
     seeds = [int(seed) for seed in cfg.seeds]
     settings = {task.name: task_settings(cfg, task, pretrained) for task in tasks}
     records, todo, prepared = plan_trials(tasks, seeds, settings, cfg.train, pretrained, out)
     dist.barrier()  # every rank checked the folder before rank 0 writes to it
     if rank == 0:
         os.makedirs(out, exist_ok=True)
-        write_json_atomic(os.path.join(out, MARKER), {"suite": suite, "checkpoint": os.path.abspath(cfg.checkpoint)})
+        # written first: a re-run after a failure knows the folder as its own
+        write_json_atomic(os.path.join(out, FINETUNE_MARKER),
+                          {"suite": suite, "checkpoint": os.path.abspath(cfg.checkpoint)})
     log = MetricsLogger(out, cfg.logging, f"finetune-{suite}", OmegaConf.to_container(cfg, resolve=True),
                         enabled=rank == 0, start_step=None, wandb_step=False)  # every trial's records, kept
     results = {"suite": suite, "checkpoint": os.path.abspath(str(cfg.checkpoint)), "from_scratch": cfg.from_scratch,
@@ -91,7 +89,7 @@ def run_finetune(cfg) -> dict:
         if rank == 0:
             if cfg.export:
                 export_chosen(record, task, chosen, chosen_trials, states, pretrained, data, out)
-            write_json_atomic(os.path.join(out, f"{task.name}.json"), record)
+            write_json_atomic(os.path.join(out, task_record(task.name)), record)
         results["tasks"][task.name] = record
     if rank == 0:
         write_results(results, out, log)
@@ -130,7 +128,7 @@ def train_task(options: TrialOptions, task, record: dict, todo: list, prepared: 
     states, data = {}, None
     if not todo:
         logger.info("%s: every run finished earlier with these settings, skipped (%s)", task.name,
-                    os.path.join(out, f"{task.name}.json"))
+                    os.path.join(out, task_record(task.name)))
     for point, seed in todo:
         data = data or prepared.pop(task.name, None) or TaskData(task, pretrained.tokenizer, options.train)
         trial = train_trial(options, task, point, seed, pretrained, data, where, log)
@@ -140,7 +138,7 @@ def train_task(options: TrialOptions, task, record: dict, todo: list, prepared: 
         trials[key] = trial_record
         record.update(problem=data.problem, labels=list(data.labels), runs=list(trials.values()))
         if where[0] == 0:
-            write_json_atomic(os.path.join(out, f"{task.name}.json"), record)
+            write_json_atomic(os.path.join(out, task_record(task.name)), record)
     return trials, states, data
 
 
@@ -192,7 +190,7 @@ def export_chosen(record: dict, task, chosen: dict, chosen_trials: list, states:
     if kept is None or kept[0] != trial_key(best["seed"], chosen):
         logger.warning("%s: the chosen setting's best run (%s) was trained by an earlier command, whose weights are "
                        "not kept: no export; delete %s and run again to export it", task.name,
-                       trial_key(best["seed"], chosen), os.path.join(out, f"{task.name}.json"))
+                       trial_key(best["seed"], chosen), os.path.join(out, task_record(task.name)))
         return
     from .export import export_classifier  # noqa: PLC0415
 

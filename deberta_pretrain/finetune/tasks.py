@@ -53,7 +53,7 @@ def python_help_order_task(split: str) -> list[dict]:
     import random  # noqa: PLC0415
     import re  # noqa: PLC0415
 
-    from deberta_pretrain.data.sources import python_help_topics  # noqa: PLC0415
+    from ..data.inputs.python_help import python_help_topics  # noqa: PLC0415
 
     records, seen = [], set()
     for topic in python_help_topics():

@@ -54,9 +54,13 @@ class Objective:
         return {}
 
     def model_configs(self) -> dict:
-        """The models' configs, written to ``<name>_config.json`` in the run directory (``model`` is the one
-        exported as the model)."""
+        """The models' configs by name, written to the run directory (``layout.model_config_file``; ``model`` is
+        the one exported as the model)."""
         return {"model": self.model_config}
+
+    def config_key(self, name: str) -> str:
+        """The config key that sets the model ``name`` of :meth:`model_configs`, for messages."""
+        return name
 
     # ---- batches, loss, statistics ---------------------------------------------------------------------------
     def collator(self, seed: int):

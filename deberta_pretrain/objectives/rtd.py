@@ -92,6 +92,9 @@ class RTDObjective(Objective):
     def model_configs(self):
         return {"model": self.model_config, "generator": self.generator_config}
 
+    def config_key(self, name: str) -> str:
+        return "model" if name == "model" else f"rtd.{name}"
+
     def param_rates(self):
         """``rtd.discriminator_lr``: the discriminator's own rate (its parameter groups: ``discriminator.*``)."""
         rate = self.cfg.rtd.discriminator_lr

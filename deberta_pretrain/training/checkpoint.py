@@ -28,11 +28,12 @@ import torch
 import torch.distributed as dist
 
 from ..fileio import atomic_write, write_json_atomic
+from ..layout import CHECKPOINT_MARKER, LATEST, UNIVERSAL, checkpoint_tag, model_config_file
+from ..layout import checkpoints_dir, is_finetune_results, is_run_directory, newest_first, step_of
 from .distributed import first_error
 
 logger = logging.getLogger(__name__)
-MARKER = "complete.json"
-UNIVERSAL = "universal"
+run_logger = logging.getLogger("deberta_pretrain")  # the lines of train.log
 PARTITIONED_FILES = "*zero_pp_rank_*_optim_states.pt"  # ZeRO 1-3: one optimizer shard per data-parallel rank
 
 
@@ -40,35 +41,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be saved or loaded; the message names it and the cause."""
 
 
-RUN_MARKERS = ("train.log", "metrics.jsonl", "checkpoints")  # not .hydra/: any Hydra app may leave one
-# written first into a fine-tuning results folder, which holds a metrics.jsonl too but is not a run
-FINETUNE_RESULTS_MARKER = "finetune.json"
-
-
-def is_run_directory(path: str) -> bool:
-    """A folder ``launch/pretrain.py`` made (its log, metrics or checkpoints are there; not fine-tuning results)."""
-    return any(os.path.exists(os.path.join(path, name)) for name in RUN_MARKERS) and not os.path.exists(
-        os.path.join(path, FINETUNE_RESULTS_MARKER))
-
-
-def names_a_checkpoint(path: str) -> bool:
-    """A run directory, its ``checkpoints/`` folder or one ``step_N`` checkpoint (see :func:`find_checkpoint`; also
-    fine-tuning results, which it refuses by name)."""
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in (
-        *RUN_MARKERS, MARKER, "latest", FINETUNE_RESULTS_MARKER))
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int:
-    return int(tag.split("/")[0].split("_")[-1])
-
-
 def read_marker(folder: str) -> dict | None:
     try:
-        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+        with open(os.path.join(folder, CHECKPOINT_MARKER), encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
@@ -93,8 +68,7 @@ def checkpoint_tags(directory: str) -> list[str]:
     """The ``step_N`` folders of a ``checkpoints/`` directory, newest first."""
     if not os.path.isdir(directory):
         return []
-    tags = [t for t in os.listdir(directory) if t.startswith("step_") and t[5:].isdigit()]
-    return sorted(tags, key=step_of, reverse=True)
+    return newest_first(os.listdir(directory))
 
 
 def usable_checkpoints(directory: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -108,23 +82,45 @@ def usable_checkpoints(directory: str) -> tuple[list[str], list[tuple[str, str]]
 
 
 class Checkpointer:
-    """Saves and finds the checkpoints of one run directory for a job of ``world_size`` ranks at ``zero_stage``."""
+    """Saves and finds the checkpoints of one run directory for a job of ``world_size`` ranks at ``zero_stage``.
+
+    Its policy, for a run being trained (:meth:`step_done`): a checkpoint every ``save_every`` steps, at
+    ``last_step`` and when a stop was requested; the newest ``keep_last`` complete ones are kept, and those the
+    ``mirror`` (a ``RunMirror``, told of each save) has not uploaded yet."""
 
     def __init__(self, directory: str, keep_last: int, rank: int, world_size: int, zero_stage: int,
-                 universal_root: str | None = None):
+                 universal_root: str | None = None, save_every: int = 0, last_step: int = 0, mirror=None):
         self.directory, self.keep_last, self.rank = directory, keep_last, rank
         self.world_size, self.zero_stage = world_size, zero_stage
         # where a checkpoint's universal form is written and read: beside it, or (for a checkpoint of another run,
         # which is never written to) in the reading run's own checkpoints folder
         self.universal_root = universal_root or directory
-        self.retain = lambda tag: False  # a checkpoint pruning must keep beyond keep_last (not yet uploaded, say)
+        self.save_every, self.last_step, self.mirror = save_every, last_step, mirror
+
+    @classmethod
+    def for_run(cls, run_dir: str, train, rank: int, world_size: int, zero_stage: int, mirror) -> Checkpointer:
+        """The checkpointer of the run in ``run_dir``, saving as the ``train`` config section says."""
+        return cls(checkpoints_dir(run_dir), train.keep_last, rank, world_size, zero_stage,
+                   save_every=train.checkpoint_every, last_step=train.max_steps, mirror=mirror)
 
     def path(self, tag: str) -> str:
         return os.path.join(self.directory, tag)
 
     # ---- saving ---------------------------------------------------------------------------------------
+    def step_done(self, engine, step: int, client_state, stop_requested: bool) -> str | None:
+        """Save a checkpoint after ``step`` when the policy says so (``client_state()`` gives what it carries
+        besides the engine) and queue its upload; returns its tag, or None when this step is not saved."""
+        if not (step % self.save_every == 0 or step == self.last_step or stop_requested):
+            return None
+        tag = self.save(engine, step, client_state())
+        if self.rank == 0:
+            run_logger.info("checkpoint of step %d saved: %s", step, self.path(tag))
+        if self.mirror is not None:
+            self.mirror.checkpoint_saved(tag)
+        return tag
+
     def save(self, engine, step: int, client_state: dict) -> str:
-        tag = tag_for(step)
+        tag = checkpoint_tag(step)
         if self.rank == 0 and os.path.isdir(self.path(tag)):  # the leftover of an interrupted save of this step:
             shutil.rmtree(self.path(tag))  # its files (of another world size, say) must not mix with the new ones
         dist.barrier()
@@ -148,26 +144,26 @@ class Checkpointer:
     def _mark_complete(self, tag: str, step: int, config: dict | None) -> None:
         folder = self.path(tag)
         files = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
-                 if os.path.isfile(os.path.join(folder, name)) and name != MARKER}
+                 if os.path.isfile(os.path.join(folder, name)) and name != CHECKPOINT_MARKER}
         partitioned = bool(glob.glob(os.path.join(folder, PARTITIONED_FILES)))
-        write_json_atomic(os.path.join(folder, MARKER), {
+        write_json_atomic(os.path.join(folder, CHECKPOINT_MARKER), {
             "step": step, "files": files, "world_size": self.world_size, "zero_stage": self.zero_stage,
             "partitioned": partitioned, "config": config})
-        atomic_write(os.path.join(self.directory, "latest"), lambda f: f.write(tag.encode()))
+        atomic_write(os.path.join(self.directory, LATEST), lambda f: f.write(tag.encode()))
         self.prune()
 
     def describe_latest(self) -> str:
         """Where ``latest`` points, in words for an error message."""
         try:
-            with open(os.path.join(self.directory, "latest"), encoding="utf-8") as f:
+            with open(os.path.join(self.directory, LATEST), encoding="utf-8") as f:
                 return f"`latest` still names the previous checkpoint {self.path(f.read().strip())}"
         except OSError:
             return "there is no earlier checkpoint"
 
     def prune(self) -> None:
-        """Keep the newest ``keep_last`` complete checkpoints (and those ``retain`` names)."""
+        """Keep the newest ``keep_last`` complete checkpoints (and those the mirror has not uploaded yet)."""
         complete = self.complete_tags()
-        keep = set(complete[: self.keep_last]) | {tag for tag in complete if self.retain(tag)}
+        keep = set(complete[: self.keep_last]) | {tag for tag in complete if self.mirror and self.mirror.keeps(tag)}
         for tag in complete:
             if tag not in keep:
                 shutil.rmtree(self.path(tag), ignore_errors=True)
@@ -230,7 +226,7 @@ class Checkpointer:
     def _convert_to_universal(self, tag: str, layout: dict) -> None:
         folder = os.path.join(self.universal_root, tag)
         target = os.path.join(folder, UNIVERSAL)
-        if os.path.isfile(os.path.join(target, MARKER)):
+        if os.path.isfile(os.path.join(target, CHECKPOINT_MARKER)):
             logger.info("using the universal form of %s cached in %s", self.path(tag), target)
             return
         from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal  # noqa: PLC0415
@@ -245,7 +241,7 @@ class Checkpointer:
             ds_to_universal(SimpleNamespace(input_folder=self.path(tag), output_folder=partial, num_extract_workers=1,
                                             num_merge_workers=1, keep_temp_folder=False, strict=True,
                                             inject_missing_state=True))
-            write_json_atomic(os.path.join(partial, MARKER), {"from": tag, "layout": layout})
+            write_json_atomic(os.path.join(partial, CHECKPOINT_MARKER), {"from": tag, "layout": layout})
             shutil.rmtree(target, ignore_errors=True)  # an earlier, unmarked attempt
             os.replace(partial, target)
         finally:
@@ -281,14 +277,14 @@ def find_checkpoint(path) -> tuple[str, str, str]:
     if not os.path.isdir(path):
         what = "is a file, not a folder" if os.path.isfile(path) else "does not exist"
         raise FileNotFoundError(f"checkpoint: {path} {what}")
-    if os.path.isfile(os.path.join(path, FINETUNE_RESULTS_MARKER)):
+    if is_finetune_results(path):
         raise ValueError(f"checkpoint: {path} holds fine-tuning results, not a checkpoint (an export of a fine-tuned "
                          f"model lies in <results>/<task>/ with export=true)")
-    if is_run_directory(path) and not checkpoint_tags(os.path.join(path, "checkpoints")):
+    if is_run_directory(path) and not checkpoint_tags(checkpoints_dir(path)):
         raise ValueError(f"checkpoint: {path} is a run directory with no checkpoint yet (the first is written after "
                          f"train.checkpoint_every steps, or when the run is stopped)")
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
+    if os.path.isdir(checkpoints_dir(path)):
+        path = checkpoints_dir(path)
     if checkpoint_tags(path):
         usable, refused = usable_checkpoints(path)
         if not usable:
@@ -349,15 +345,17 @@ def trained_models(path) -> TrainedModels:
     root, tag, run_dir = find_checkpoint(path)
 
     def config(name: str):
-        file = os.path.join(run_dir, name)
+        file = os.path.join(run_dir, model_config_file(name))
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"{run_dir}: no {name} (written by launch/pretrain.py in the run directory)")
+            raise FileNotFoundError(f"{run_dir}: no {model_config_file(name)} (written by launch/pretrain.py in the "
+                                    f"run directory)")
         return ModelConfig.from_json_file(file)
 
+    model_config = config("model")  # before the consolidation, which takes a while
     state = consolidated_state_dict(root, tag)
     if any(k.startswith("discriminator.") for k in state):  # objective=rtd
         discriminator, generator = merged_tables(state)
-        models = (discriminator, config("model_config.json")), (generator, config("generator_config.json"))
+        models = (discriminator, model_config), (generator, config("generator"))
     else:
-        models = (state, config("model_config.json")), None
+        models = (state, model_config), None
     return TrainedModels(*models, run_dir, os.path.join(root, tag), step_of(tag))

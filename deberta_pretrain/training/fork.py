@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 
 import yaml
 
 from .. import remote
-from .checkpoint import FINETUNE_RESULTS_MARKER, Checkpointer, checkpoint_problem, checkpoint_tags, find_checkpoint
-from .checkpoint import is_run_directory, usable_checkpoints
+from ..layout import CHECKPOINTS, checkpoints_dir, has_started, is_checkpoint_tag, is_finetune_results, is_run_directory
+from ..layout import recorded_config
+from .checkpoint import Checkpointer, checkpoint_problem, checkpoint_tags, find_checkpoint, usable_checkpoints
 from .mirror import fetch_checkpoint
 
 logger = logging.getLogger("deberta_pretrain")
-STEP_FOLDER = re.compile(r"step_\d+$")
 
 
 @dataclass
@@ -50,8 +49,8 @@ def remote_parts(fork_from: str) -> tuple[str, str | None, str]:
     """(the run's URL, the checkpoint's tag or None for the newest, the local copy's run folder) of a fork from
     object storage: ``s3://.../<run>`` or ``s3://.../<run>/checkpoints/step_N``."""
     url = fork_from.rstrip("/")
-    tag = url.rsplit("/", 1)[-1] if STEP_FOLDER.search(url) else None
-    run_url = url.rsplit("/checkpoints/", 1)[0] if tag else url
+    tag = url.rsplit("/", 1)[-1] if is_checkpoint_tag(url.rsplit("/", 1)[-1]) else None
+    run_url = url.rsplit(f"/{CHECKPOINTS}/", 1)[0] if tag else url
     return run_url, tag, remote.cache_dir("forks", remote.local_name(run_url))
 
 
@@ -59,7 +58,7 @@ def local_copy(fork_from: str) -> str:
     """Where a fork from object storage reads its checkpoint: the run folder of its copy in the user's cache, or
     the step's folder in it."""
     _, tag, folder = remote_parts(fork_from)
-    return os.path.join(folder, "checkpoints", tag) if tag else folder
+    return os.path.join(checkpoints_dir(folder), tag) if tag else folder
 
 
 def fetch_source(fork_from: str) -> None:
@@ -84,12 +83,12 @@ def fork_source(fork_from: str, run_dir: str) -> ForkSource:
     ``checkpoints/step_N``); ``ValueError`` naming what is wrong: no checkpoint, a step that does not exist (with
     the ones that do), a fine-tuning results folder, the fork's own directory, or a ``name`` that is another run."""
     path = local_copy(fork_from) if remote.is_remote(fork_from) else os.path.abspath(fork_from)
-    if STEP_FOLDER.search(os.path.basename(path)) and not os.path.exists(path):
+    if is_checkpoint_tag(os.path.basename(path)) and not os.path.exists(path):
         folder = os.path.dirname(path)
         there = usable_checkpoints(folder)[0] if os.path.isdir(folder) else []
         raise ValueError(f"train.fork_from: {path} does not exist; the complete checkpoints of "
                          f"{os.path.dirname(folder)} are: {', '.join(sorted(there)) or 'none'}")
-    if os.path.isfile(os.path.join(path, FINETUNE_RESULTS_MARKER)):
+    if is_finetune_results(path):
         raise ValueError(f"train.fork_from: {path} holds fine-tuning results, not a pretraining run")
     try:
         root, tag, source_run = find_checkpoint(path)
@@ -106,10 +105,9 @@ def check_new_run(run_dir: str, fork_from: str) -> None:
     """A fork starts a new run: ``run_dir`` must not be another run, unless it is this fork started again (its
     recorded config names the same source; it then resumes itself). A folder holding only what a fork's start left
     before it failed (a conversion, no complete checkpoint, no log) is not a run yet."""
-    started = any(os.path.exists(os.path.join(run_dir, name)) for name in ("train.log", "metrics.jsonl", ".hydra"))
-    if not is_run_directory(run_dir) or not (started or is_restart(run_dir)):
+    if not is_run_directory(run_dir) or not (has_started(run_dir) or is_restart(run_dir)):
         return
-    recorded = os.path.join(run_dir, ".hydra", "config.yaml")
+    recorded = recorded_config(run_dir)
     source = None
     if os.path.isfile(recorded):
         with open(recorded, encoding="utf-8") as f:
@@ -123,7 +121,7 @@ def check_new_run(run_dir: str, fork_from: str) -> None:
 
 def is_restart(run_dir: str) -> bool:
     """Whether the fork in ``run_dir`` has complete checkpoints of its own (it then resumes from them)."""
-    folder = os.path.join(run_dir, "checkpoints")
+    folder = checkpoints_dir(run_dir)
     return bool(checkpoint_tags(folder)) and bool(usable_checkpoints(folder)[0])
 
 

@@ -27,7 +27,8 @@ from ..deberta import ModelConfig
 from ..deberta.loading import find_weights_file, load_model_state
 from ..deberta.release import hub_name, resolve_model_path, resolve_vocab_path
 from ..deberta.vocabulary import find_vocab, load_tokenizer, vocab_identity
-from .checkpoint import TrainedModels, names_a_checkpoint, trained_models
+from ..layout import names_a_checkpoint
+from .checkpoint import TrainedModels, trained_models
 
 logger = logging.getLogger(__name__)
 RUN_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from ..deberta.flops import detect_peak_tflops
 from ..fileio import atomic_write
+from ..layout import METRICS, WANDB_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class MetricsLogger:
                  enabled: bool = True, start_step: int | None = 0, wandb_step: bool = True):
         self.enabled, self.wandb_step = enabled, wandb_step
         self.wandb_run = None
-        self.path = os.path.join(folder, "metrics.jsonl")
+        self.path = os.path.join(folder, METRICS)
         self.run_id = resume_id
         if not enabled:
             return
@@ -39,7 +40,7 @@ class MetricsLogger:
             import wandb  # noqa: PLC0415
 
             self.run_id = resume_id or secrets.token_hex(4)
-            os.makedirs(os.path.join(folder, "wandb"), exist_ok=True)
+            os.makedirs(os.path.join(folder, WANDB_DIR), exist_ok=True)
             self.wandb_run = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=name,
                                         id=self.run_id, resume="allow", mode=wandb_cfg.mode, dir=folder,
                                         tags=list(wandb_cfg.get("tags") or []), config=config)
@@ -89,7 +90,7 @@ def read_metrics(run_dir: str) -> list[dict]:
     short by a kill (no newline) is left out: the resumed run logs that step again. Any other bad line is a
     ``ValueError`` naming the file and line."""
     latest: dict = {}
-    path = os.path.join(run_dir, "metrics.jsonl")
+    path = os.path.join(run_dir, METRICS)
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():

@@ -18,12 +18,14 @@ import queue
 import threading
 
 from .. import remote
-from .checkpoint import MARKER, checkpoint_tags, read_marker, step_of
+from ..deberta.release import SPM_VOCAB, VOCAB
+from ..layout import CHECKPOINT_MARKER, CHECKPOINTS, CONFIG_CHANGES, GENERATOR_CONFIG, LATEST, LOG, METRICS
+from ..layout import MODEL_CONFIG, RECORDED_CONFIG, checkpoints_dir, newest_first, step_of
+from .checkpoint import checkpoint_tags, read_marker
 
 logger = logging.getLogger("deberta_pretrain")
-RUN_FILES = ("metrics.jsonl", "train.log", "config_changes.jsonl", ".hydra/config.yaml", "model_config.json",
-             "generator_config.json", "spm.model", "bpe_encoder.bin")
-RESUME_FILES = ("metrics.jsonl", "config_changes.jsonl", "train.log")  # what a fresh machine needs besides weights
+RUN_FILES = (METRICS, LOG, CONFIG_CHANGES, RECORDED_CONFIG, MODEL_CONFIG, GENERATOR_CONFIG, SPM_VOCAB, VOCAB)
+RESUME_FILES = (METRICS, CONFIG_CHANGES, LOG)  # what a fresh machine needs besides weights
 QUEUED = 2  # checkpoints waiting for upload before training waits for the network
 FINAL_WAIT_S = 600  # at the end of a run (or after a stop request): how long pending uploads may take
 
@@ -34,10 +36,9 @@ def remote_run(remote_dir: str, name: str) -> str:
 
 def complete_remote_tags(url: str) -> tuple[list[str], list[str]]:
     """(tags whose ``complete.json`` is in the mirror, newest first; tags without it) of a mirrored run."""
-    tags = [t for t in remote.listdir(remote.join(url, "checkpoints")) if t.startswith("step_") and t[5:].isdigit()]
     complete, interrupted = [], []
-    for tag in sorted(tags, key=step_of, reverse=True):
-        (complete if remote.exists(remote.join(url, "checkpoints", tag, MARKER)) else interrupted).append(tag)
+    for tag in newest_first(remote.listdir(remote.join(url, CHECKPOINTS))):
+        (complete if remote.exists(remote.join(url, CHECKPOINTS, tag, CHECKPOINT_MARKER)) else interrupted).append(tag)
     return complete, interrupted
 
 
@@ -50,7 +51,7 @@ def fetch_checkpoint(remote_dir: str, name: str, run_dir: str, tag: str | None =
     complete, interrupted = complete_remote_tags(url)
     if tag is not None:
         if tag not in complete:
-            raise ValueError(f"{remote.join(url, 'checkpoints', tag)} is not a complete checkpoint; the complete "
+            raise ValueError(f"{remote.join(url, CHECKPOINTS, tag)} is not a complete checkpoint; the complete "
                              f"checkpoints of {url} are: {', '.join(sorted(complete)) or 'none'}")
         complete, interrupted = [tag], []
     newer = [t for t in interrupted if not complete or step_of(t) > step_of(complete[0])]
@@ -58,8 +59,8 @@ def fetch_checkpoint(remote_dir: str, name: str, run_dir: str, tag: str | None =
         logger.warning("ignoring checkpoints in %s whose upload never completed (no complete.json): %s",
                        url, ", ".join(newer))
     for tag in complete:
-        source, target = remote.join(url, "checkpoints", tag), os.path.join(run_dir, "checkpoints", tag)
-        marker = remote.read_json(remote.join(source, MARKER))
+        source, target = remote.join(url, CHECKPOINTS, tag), os.path.join(checkpoints_dir(run_dir), tag)
+        marker = remote.read_json(remote.join(source, CHECKPOINT_MARKER))
         sizes = {name: remote.size(remote.join(source, name)) for name in marker["files"]}
         if any(sizes[n] != size for n, size in marker["files"].items()):
             logger.warning("ignoring %s: its files differ from what its complete.json records", source)
@@ -70,8 +71,8 @@ def fetch_checkpoint(remote_dir: str, name: str, run_dir: str, tag: str | None =
         for file in RESUME_FILES:
             if remote.exists(remote.join(url, file)):
                 remote.download(remote.join(url, file), os.path.join(run_dir, file))
-        remote.download(remote.join(source, MARKER), os.path.join(target, MARKER))
-        with open(os.path.join(run_dir, "checkpoints", "latest"), "w", encoding="utf-8") as f:
+        remote.download(remote.join(source, CHECKPOINT_MARKER), os.path.join(target, CHECKPOINT_MARKER))
+        with open(os.path.join(checkpoints_dir(run_dir), LATEST), "w", encoding="utf-8") as f:
             f.write(tag)
         return tag
     return None
@@ -94,7 +95,7 @@ class RunMirror:
         if self.url:
             mirrored = complete_remote_tags(self.url)[0]
             newest = step_of(mirrored[0]) if mirrored else -1
-            local = [t for t in checkpoint_tags(os.path.join(self.run_dir, "checkpoints"))
+            local = [t for t in checkpoint_tags(checkpoints_dir(self.run_dir))
                      if read_marker(self._local(t)) is not None]
             self.uploaded = set(mirrored) | {t for t in local if step_of(t) <= newest}  # there, or superseded there
             self._thread = threading.Thread(target=self._work, name="run-mirror", daemon=True)
@@ -114,7 +115,7 @@ class RunMirror:
         return not self.pending
 
     def _local(self, tag: str) -> str:
-        return os.path.join(self.run_dir, "checkpoints", tag)
+        return os.path.join(checkpoints_dir(self.run_dir), tag)
 
     def keeps(self, tag: str) -> bool:
         """Whether the local checkpoint ``tag`` must stay (it has not reached the mirror yet)."""
@@ -131,14 +132,14 @@ class RunMirror:
             return
         self._queue.put(None)
         self._thread.join(timeout)
-        pending = [t for t in checkpoint_tags(os.path.join(self.run_dir, "checkpoints"))
+        pending = [t for t in checkpoint_tags(checkpoints_dir(self.run_dir))
                    if read_marker(self._local(t)) is not None and t not in self.uploaded]
         self.pending = pending + (["(uploads still running)"] if self._thread.is_alive() and not pending else [])
         if self._thread.is_alive() or pending:
             why = "; ".join(f"{tag}: {self.failed[tag]}" for tag in pending if tag in self.failed)
             logger.warning("checkpoints not uploaded to %s: %s%s. They stay in %s; the next start of this run "
                            "uploads them", self.url, ", ".join(pending) or "(uploads still running)",
-                           f" ({why})" if why else "", os.path.join(self.run_dir, "checkpoints"))
+                           f" ({why})" if why else "", checkpoints_dir(self.run_dir))
         self._thread = None
 
     def _work(self) -> None:
@@ -146,7 +147,7 @@ class RunMirror:
             try:
                 self._with_retries(f"checkpoint {tag}", lambda t=tag: self._upload_checkpoint(t))
                 self.uploaded.add(tag)
-                logger.info("checkpoint %s uploaded to %s", tag, remote.join(self.url, "checkpoints", tag))
+                logger.info("checkpoint %s uploaded to %s", tag, remote.join(self.url, CHECKPOINTS, tag))
                 self.failed.pop(tag, None)
                 self._with_retries("run files", self._upload_run_files)
                 self._with_retries("pruning", self._prune)
@@ -157,13 +158,13 @@ class RunMirror:
         remote.with_retries(action, f"upload to {self.url} ({what})")
 
     def _upload_checkpoint(self, tag: str) -> None:
-        local, target = self._local(tag), remote.join(self.url, "checkpoints", tag)
+        local, target = self._local(tag), remote.join(self.url, CHECKPOINTS, tag)
         marker = read_marker(local)
         for name in marker["files"]:
             key = remote.join(target, name)
             if remote.size(key) != marker["files"][name]:
                 remote.upload(os.path.join(local, name), key)
-        remote.upload(os.path.join(local, MARKER), remote.join(target, MARKER))
+        remote.upload(os.path.join(local, CHECKPOINT_MARKER), remote.join(target, CHECKPOINT_MARKER))
 
     def _upload_run_files(self) -> None:
         for name in RUN_FILES:
@@ -176,4 +177,4 @@ class RunMirror:
         complete, interrupted = complete_remote_tags(self.url)
         newest = step_of(complete[0]) if complete else -1
         for tag in complete[self.keep_last:] + [t for t in interrupted if step_of(t) < newest]:
-            remote.remove(remote.join(self.url, "checkpoints", tag))
+            remote.remove(remote.join(self.url, CHECKPOINTS, tag))

@@ -13,13 +13,14 @@ import os
 
 from ..deberta import ModelConfig
 from . import optim
-from .checkpoint import Checkpointer, CheckpointError, find_checkpoint, names_a_checkpoint, read_marker
+from ..layout import model_config_file, names_a_checkpoint
+from .checkpoint import Checkpointer, CheckpointError, find_checkpoint, read_marker
 
 logger = logging.getLogger("deberta_pretrain")
 SHAPE_FREE = ("hidden_dropout_prob", "attention_probs_dropout_prob")  # may differ: no parameter depends on them
 
 
-def optimizer_source(cfg, model_configs: dict) -> tuple[str, str]:
+def optimizer_source(cfg, objective) -> tuple[str, str]:
     """(checkpoints folder, tag) whose optimizer state ``train.init_optimizer`` carries over; raises ``ValueError``
     when ``model.init_from`` is not a run (or checkpoint) of the same objective and model shapes."""
     init_from = cfg.model.init_from
@@ -32,12 +33,11 @@ def optimizer_source(cfg, model_configs: dict) -> tuple[str, str]:
         raise ValueError(f"train.init_optimizer=true needs a run of the same objective: model.init_from={init_from} "
                          f"was trained with objective={theirs}, this run has objective={cfg.objective} (drop "
                          f"train.init_optimizer to start only from its weights)")
-    for name, config in model_configs.items():
-        key = "model" if name == "model" else f"rtd.{name}"
-        file = os.path.join(run_dir, f"{name}_config.json")
+    for name, config in objective.model_configs().items():
+        key, file = objective.config_key(name), os.path.join(run_dir, model_config_file(name))
         if not os.path.isfile(file):
-            raise ValueError(f"train.init_optimizer=true: {init_from} has no {name}_config.json (a run of another "
-                             f"objective?); its optimizer state fits only a run of the same objective and shapes")
+            raise ValueError(f"train.init_optimizer=true: {init_from} has no {model_config_file(name)} (a run of "
+                             f"another objective?); its optimizer state fits only a run of the same objective and shapes")
         theirs = ModelConfig.from_json_file(file).to_dict()
         for field, value in config.to_dict().items():
             if field not in SHAPE_FREE and theirs.get(field) != value:

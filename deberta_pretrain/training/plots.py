@@ -6,11 +6,10 @@ import os
 import re
 
 from ..fileio import claim_output, write_json_atomic
-from .checkpoint import FINETUNE_RESULTS_MARKER
+from ..layout import METRICS, PLOTS_DIR, PLOTS_MARKER, RESULTS, finetune_results_files, is_finetune_results
 from .metrics import read_metrics
 
 LEGEND_MAX = 10  # curves with a legend line each; beyond, the sources' curves share one
-MARKER = "plots.json"  # written into every folder of plots, so that drawing again into it is known to be safe
 # file name -> (metrics, y label); a figure is drawn when the run logged any of its metrics
 PLOTS = {"loss": (("loss",), "loss"), "accuracy": (("accuracy",), "MLM accuracy"), "lr": (("lr",), "learning rate"),
          "throughput": (("tokens_per_s",), "tokens / s"),
@@ -30,20 +29,20 @@ def plot_run(run_dir, out_dir=None) -> list[str]:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     run_dir = os.fspath(run_dir)
-    if os.path.isfile(os.path.join(run_dir, FINETUNE_RESULTS_MARKER)):
+    if is_finetune_results(run_dir):
         raise ValueError(f"{run_dir} holds fine-tuning results (their table is results.md); plot the pretraining "
                          f"run: its plots include the fine-tuning scores of its checkpoints")
-    if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+    if not os.path.isfile(os.path.join(run_dir, METRICS)):
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is this a run directory of launch/pretrain.py?)")
     records = read_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir}/metrics.jsonl holds no records yet (the first is written at train.log_every)")
-    own = os.path.join(run_dir, "plots")
+    own = os.path.join(run_dir, PLOTS_DIR)
     out_dir = os.path.abspath(os.fspath(out_dir or own))
     if out_dir != os.path.abspath(own):  # the run's own plots folder is always ours to refresh; another is checked
-        claim_output(out_dir, MARKER, "plots folder", overwrite=True)
+        claim_output(out_dir, PLOTS_MARKER, "plots folder", overwrite=True)
     os.makedirs(out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(out_dir, MARKER), {"run": os.path.abspath(run_dir)})
+    write_json_atomic(os.path.join(out_dir, PLOTS_MARKER), {"run": os.path.abspath(run_dir)})
     written = []
     for name, (keys, label) in PLOTS.items():
         if not any(r.get(key) is not None for r in records for key in keys):
@@ -78,14 +77,14 @@ def plot_comparison(run_dir, others, out_dir=None) -> str:
 
     runs = [os.fspath(run_dir), *map(os.fspath, others)]
     for run in runs:
-        if not os.path.isfile(os.path.join(run, "metrics.jsonl")):
+        if not os.path.isfile(os.path.join(run, METRICS)):
             raise FileNotFoundError(f"compare: {run} has no metrics.jsonl (is it a run directory of "
                                     f"launch/pretrain.py?)")
-    out_dir = os.path.abspath(os.fspath(out_dir or os.path.join(runs[0], "plots")))
-    if out_dir != os.path.abspath(os.path.join(runs[0], "plots")):
-        claim_output(out_dir, MARKER, "plots folder", overwrite=True)
+    out_dir = os.path.abspath(os.fspath(out_dir or os.path.join(runs[0], PLOTS_DIR)))
+    if out_dir != os.path.abspath(os.path.join(runs[0], PLOTS_DIR)):
+        claim_output(out_dir, PLOTS_MARKER, "plots folder", overwrite=True)
     os.makedirs(out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(out_dir, MARKER), {"run": os.path.abspath(runs[0])})
+    write_json_atomic(os.path.join(out_dir, PLOTS_MARKER), {"run": os.path.abspath(runs[0])})
     fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for index, run in enumerate(runs):
         records, color, name = read_metrics(run), f"C{index % 10}", os.path.basename(os.path.abspath(run))
@@ -128,13 +127,13 @@ def save(fig, path: str) -> str:
     return path
 
 
-def _finetune_medians(run_dir, folders: str):
-    """(suite, "task metric", pretraining step, median score) of every ``<run>/finetune/<suite>/<folders>/
-    results.json``."""
+def _finetune_medians(run_dir, from_scratch: bool):
+    """(suite, "task metric", pretraining step, median score) of every suite's results of the run's checkpoints, or
+    (``from_scratch``) of its from-scratch baselines."""
     import glob  # noqa: PLC0415
     import json  # noqa: PLC0415
 
-    for path in sorted(glob.glob(os.path.join(os.fspath(run_dir), "finetune", "*", folders, "results.json"))):
+    for path in sorted(glob.glob(finetune_results_files(os.fspath(run_dir), RESULTS, from_scratch=from_scratch))):
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
         for task, record in results["tasks"].items():
@@ -147,7 +146,7 @@ def finetune_scores(run_dir) -> dict:
     """{suite: {"task metric": [(pretraining step, median score), ...]}} from the fine-tuning results of the run's
     checkpoints (``<run>/finetune/<suite>/step_N/results.json``)."""
     scores: dict = {}
-    for suite, label, step, median in _finetune_medians(run_dir, "step_*"):
+    for suite, label, step, median in _finetune_medians(run_dir, from_scratch=False):
         scores.setdefault(suite, {}).setdefault(label, []).append((step, median))
     return scores
 
@@ -155,7 +154,7 @@ def finetune_scores(run_dir) -> dict:
 def finetune_baselines(run_dir) -> dict:
     """{suite: {"task metric": median score}} of the from-scratch runs (``<run>/finetune/<suite>/from_scratch/``)."""
     baselines: dict = {}
-    for suite, label, _, median in _finetune_medians(run_dir, "from_scratch"):
+    for suite, label, _, median in _finetune_medians(run_dir, from_scratch=True):
         baselines.setdefault(suite, {})[label] = median
     return baselines
 

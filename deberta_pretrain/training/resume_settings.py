@@ -29,6 +29,7 @@ import os
 
 from .. import remote
 from ..config_keys import ABSENT, changed_keys
+from ..layout import CONFIG_CHANGES
 
 logger = logging.getLogger("deberta_pretrain")
 
@@ -41,7 +42,6 @@ FORK_MAY_CHANGE = ("data.path", "data.sources", "data.alpha", "data.shuffle_wind
 APPLIED_IN_FIXED_GROUPS = (*START_ONLY, "rtd.discriminator_lr")
 NOT_COMPARED = ("name", "output_root")
 PATHS = ("data.path", "data.stage_dir", "model.init_from", "rtd.init_generator", "train.fork_from")
-CHANGES_FILE = "config_changes.jsonl"
 
 
 def _under(key: str, groups) -> bool:
@@ -119,5 +119,5 @@ def record_changes(changes: dict, run_dir: str, step: int, fork: bool = False) -
         logger.warning("%s at step %d with %s=%r (the checkpoint was trained with %r): %s",
                        "forking" if fork else "resuming", step, key, new, old, effect)
     record = {"step": step, "changes": {k: [None if v is ABSENT else v for v in pair] for k, pair in changes.items()}}
-    with open(os.path.join(run_dir, CHANGES_FILE), "a", encoding="utf-8") as f:
+    with open(os.path.join(run_dir, CONFIG_CHANGES), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")

@@ -25,14 +25,14 @@ from .distributed import all_ranks_agree
 from .engine import EngineSpec, build_engine, check_compiler, check_engine_options
 from ..objectives import build_objective
 from .initial_weights import objective_with_weights
-from .checkpoint import is_run_directory, usable_checkpoints
+from ..layout import STOP, checkpoints_dir, is_run_directory, model_config_file, recorded_config
+from .checkpoint import usable_checkpoints
 from .fork import check_new_run, fetch_source, fork_source, is_restart
 from .mirror import fetch_checkpoint
 from .run_log import RunLog, settings_digest
 
 logger = logging.getLogger("deberta_pretrain")
 RUNTIME_MODEL_KEYS = ("init_from",)  # in the model group, but not part of the release config
-STOP_FILE = "STOP"  # created in the run directory (by a user or launch/slurm/pretrain.sbatch) to stop the run
 
 
 class StopRequest:
@@ -46,7 +46,7 @@ class StopRequest:
 
     def __init__(self, run_dir: str, rank: int):
         self.signalled = False
-        self.stop_file = os.path.join(run_dir, STOP_FILE) if rank == 0 else None
+        self.stop_file = os.path.join(run_dir, STOP) if rank == 0 else None
         self._previous = {}
 
     def __enter__(self):
@@ -162,7 +162,7 @@ class Run:
     def _restore_from_mirror(self) -> None:
         """On a machine without the run's checkpoints (a fresh node), the first rank of each node downloads the
         newest complete one of ``train.remote_dir``, so that the run resumes from it as from its own."""
-        if self.local_rank == 0 and not usable_checkpoints(os.path.join(self.run_dir, "checkpoints"))[0]:
+        if self.local_rank == 0 and not usable_checkpoints(checkpoints_dir(self.run_dir))[0]:
             try:
                 fetch_checkpoint(self.cfg.train.remote_dir, self.cfg.name, self.run_dir)
             except OSError as e:
@@ -197,7 +197,7 @@ class Run:
         length = corpus.max_seq_length
         self.objective = self._objective(vocab, length)
         for name, model_config in self.objective.model_configs().items():
-            key = "model" if name == "model" else f"rtd.{name}"
+            key = self.objective.config_key(name)
             if model_config.vocab_size < self.tokenizer.vocab_size:
                 raise ValueError(f"{key}.vocab_size ({model_config.vocab_size}) is smaller than the data's "
                                  f"vocabulary ({self.tokenizer.vocab_size} ids in {vocab_path})")
@@ -207,7 +207,7 @@ class Run:
         if cfg.data.max_seq_length is not None and cfg.data.max_seq_length != length:
             raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length}, but {corpus.sources[0].path} holds "
                              f"blocks of {length} tokens; prepare the data again or drop the override")
-        self.optimizer_source = (phases.optimizer_source(cfg, self.objective.model_configs())
+        self.optimizer_source = (phases.optimizer_source(cfg, self.objective)
                                  if cfg.train.init_optimizer else None)
         self.engine_spec = EngineSpec.for_pretraining(cfg, self.objective.param_rates())
         check_engine_options(self.engine_spec, self.world, self.on_gpu)
@@ -239,15 +239,14 @@ class Run:
         """The objective with its starting weights; a run that resumes builds the models its directory recorded
         (``model_config.json``, ``generator_config.json``) and takes its weights from its own checkpoint: what
         ``model.init_from`` named is not read again (it may be gone)."""
-        cfg, recorded = self.cfg, os.path.join(self.run_dir, "model_config.json")
-        self.resuming = os.path.isfile(recorded) and bool(usable_checkpoints(os.path.join(self.run_dir,
-                                                                                           "checkpoints"))[0])
+        cfg, recorded = self.cfg, os.path.join(self.run_dir, model_config_file("model"))
+        self.resuming = os.path.isfile(recorded) and bool(usable_checkpoints(checkpoints_dir(self.run_dir))[0])
         if not self.resuming:
             return objective_with_weights(cfg, model_config_from(cfg), self.tokenizer, vocab, length)
         if cfg.model.init_from and self.rank == 0:
             logger.info("resuming: the weights come from the run's own checkpoint; model.init_from=%s is not read",
                         cfg.model.init_from)
-        generator = os.path.join(self.run_dir, "generator_config.json")
+        generator = os.path.join(self.run_dir, model_config_file("generator"))
         generator = (None, ModelConfig.from_json_file(generator)) if cfg.objective == "rtd" and os.path.isfile(
             generator) else None
         return build_objective(cfg, ModelConfig.from_json_file(recorded), self.tokenizer, length, None, generator)
@@ -255,16 +254,15 @@ class Run:
     def prepare_run_dir(self) -> None:
         """Write the run directory's records (config, model configs, vocabulary) and start its train.log."""
         if self.rank == 0:
-            os.makedirs(os.path.join(self.run_dir, ".hydra"), exist_ok=True)
             settings = OmegaConf.to_yaml(self.cfg, resolve=True)
-            atomic_write(os.path.join(self.run_dir, ".hydra", "config.yaml"), lambda f: f.write(settings.encode()))
+            atomic_write(recorded_config(self.run_dir), lambda f: f.write(settings.encode()))
             self.run_log.open(self.run_dir)
             logger.info("run %s in %s: settings %s (.hydra/config.yaml), command: %s", self.cfg.name, self.run_dir,
                         settings_digest(settings), " ".join(sys.argv[1:]) or "(defaults)")
             for name, model_config in self.objective.model_configs().items():
-                write_json_atomic(os.path.join(self.run_dir, f"{name}_config.json"), model_config.to_dict())
-            if os.path.exists(os.path.join(self.run_dir, STOP_FILE)):  # it stopped the previous start
-                os.remove(os.path.join(self.run_dir, STOP_FILE))
+                write_json_atomic(os.path.join(self.run_dir, model_config_file(name)), model_config.to_dict())
+            if os.path.exists(os.path.join(self.run_dir, STOP)):  # it stopped the previous start
+                os.remove(os.path.join(self.run_dir, STOP))
             shutil.copyfile(self.vocab_path, os.path.join(self.run_dir, os.path.basename(self.vocab_path)))
         dist.barrier()
 

@@ -10,8 +10,9 @@ import logging
 import logging.handlers
 import os
 
+from ..layout import LOG
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_FILE = "train.log"
 
 
 class RunLog:
@@ -40,7 +41,7 @@ class RunLog:
         """Start writing ``run_dir/train.log``: the lines held so far first."""
         if not self.enabled or self.file is not None:
             return
-        self.file = logging.FileHandler(os.path.join(run_dir, LOG_FILE), encoding="utf-8")
+        self.file = logging.FileHandler(os.path.join(run_dir, LOG), encoding="utf-8")
         self.file.setFormatter(logging.Formatter(FORMAT))
         self.held.setTarget(self.file)
         self.held.flush()

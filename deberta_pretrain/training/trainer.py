@@ -12,11 +12,13 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from .. import remote
+from ..cli import EXIT_INTERRUPTED
 from ..data.corpus import Corpus, Source
 from ..data.sampler import StepSampler
 from ..data.shards import DataError
 from . import metrics, optim
-from .checkpoint import CheckpointError, Checkpointer, tag_for
+from ..layout import checkpoint_tag, recorded_config
+from .checkpoint import CheckpointError, Checkpointer
 from .distributed import padded_batches
 from .fork import source_checkpointer
 from .phases import engine_with_moments
@@ -53,7 +55,7 @@ def validation_totals(run: Run, collator, source: Source) -> torch.Tensor | None
     with blocks of padding, which hold no token and no prediction. Every rank runs the same number of forward passes
     (ZeRO-3 gathers parameters collectively)."""
     engine, objective = run.engine, run.objective
-    n = min(len(source.validation), run.cfg.train.eval_samples)
+    n = run.corpus.validation_blocks(source, run.cfg.train.eval_samples)
     if n == 0:
         return None
     batch_size = run.cfg.train.micro_batch_size
@@ -70,9 +72,8 @@ def validation_totals(run: Run, collator, source: Source) -> torch.Tensor | None
 
 
 def evaluate(run: Run, collator) -> dict[str, dict]:
-    """{split: metrics}: ``validation``, and for a mixture ``validation/<source>`` per source besides. The mixture's
-    record weighs each source's statistics per block by its share (as if the validation blocks were drawn from the
-    mixture); sources without validation blocks are left out and the others' shares renormalised."""
+    """{split: metrics}: ``validation``, and for a mixture ``validation/<source>`` per source besides, the mixture's
+    record weighed as the corpus says (``Corpus.validation_weights``)."""
     objective, corpus = run.objective, run.corpus
     run.engine.eval()
     with torch.no_grad():
@@ -85,12 +86,9 @@ def evaluate(run: Run, collator) -> dict[str, dict]:
         return {"validation": objective.summarize(dict(zip(objective.stat_names, totals[None].tolist())), "validation")}
     records = {f"validation/{s.name}": objective.summarize(dict(zip(objective.stat_names, totals[s.name].tolist())),
                                                           "validation") for s in evaluated}
-    mixed_in = [s for s in evaluated if s.share > 0]  # a source of weight 0 is reported, not mixed in
-    blocks = {s.name: min(len(s.validation), run.cfg.train.eval_samples) for s in mixed_in}
-    weight = sum(s.share for s in mixed_in)
-    if weight > 0:
-        scale = sum(blocks.values()) / weight
-        mixed = sum(totals[s.name] * (s.share * scale / blocks[s.name]) for s in mixed_in)
+    weights = corpus.validation_weights(evaluated, run.cfg.train.eval_samples)
+    if weights:
+        mixed = sum(totals[name] * factor for name, factor in weights.items())
         records["validation"] = objective.summarize(dict(zip(objective.stat_names, mixed.tolist())), "validation")
     return records
 
@@ -143,7 +141,7 @@ def settings_since(run: Run, checkpointer: Checkpointer, tag: str, fork: bool = 
     ``fork``: the checkpoint is another run's, which this one forks."""
     source_run = os.path.dirname(checkpointer.directory)
     saved = (checkpointer.marker(tag) or {}).get("config")
-    recorded = os.path.join(source_run, ".hydra", "config.yaml")
+    recorded = recorded_config(source_run)
     if saved is None and os.path.isfile(recorded):
         saved = OmegaConf.to_container(OmegaConf.load(recorded), resolve=True)
     if saved is None:
@@ -203,7 +201,7 @@ def start_or_resume(run: Run, checkpointer: Checkpointer):
         record_changes(changes, run.run_dir, start_step, fork=True)
     elif start_step and run.rank == 0:
         logger.info("resuming %s from step %d (checkpoint %s)", run.run_dir, start_step,
-                    checkpointer.path(tag_for(start_step)))
+                    checkpointer.path(checkpoint_tag(start_step)))
         record_changes(changes, run.run_dir, start_step)
     elif run.rank == 0:
         logger.info("starting at step 0 of %d: %s", run.cfg.train.max_steps, describe_start(run, engine))
@@ -245,7 +243,7 @@ def micro_batch_stream(run: Run, sampler: StepSampler, start_step: int):
         num_workers=cfg.data.num_workers, pin_memory=run.on_gpu, worker_init_fn=ignore_interrupts))
 
 
-EXIT_STOPPED = 130  # a stop request (Ctrl-C, SIGTERM, SIGUSR1, a STOP file) ended the run with a checkpoint
+EXIT_STOPPED = EXIT_INTERRUPTED  # a stop request (Ctrl-C, SIGTERM, SIGUSR1, STOP file) ended the run; checkpoint saved
 EXIT_NOT_MIRRORED = 3  # training finished, but checkpoints did not reach train.remote_dir (the next start uploads)
 
 
@@ -255,16 +253,16 @@ def pretrain(cfg) -> dict:
     script can tell; see docs/resume-and-faults.md)."""
     with RunLog(enabled=os.environ.get("RANK", "0") == "0") as run_log:
         run = Run(cfg, run_log)
-        checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.train.keep_last, run.rank,
-                                    run.world, cfg.deepspeed.zero_stage)
         finished_before = None  # the step of a run that was finished when this command started
         with RunMirror(run.run_dir, cfg.train.remote_dir, cfg.name, cfg.train.keep_last, run.rank == 0) as mirror:
-            checkpointer.retain = mirror.keeps
+            checkpointer = Checkpointer.for_run(run.run_dir, cfg.train, run.rank, run.world,
+                                                cfg.deepspeed.zero_stage, mirror)
             try:
-                last, stopped = train(run, checkpointer, mirror)
+                last, stopped = train(run, checkpointer)
             except RunFinished as finished:
                 last, stopped, finished_before = {}, False, finished.step
-            except (DataError, remote.StorageError) as e:  # streamed shards (data.cache_limit) that could not come
+            # a checkpoint that could not be saved; streamed shards (data.cache_limit) that could not come
+            except (CheckpointError, DataError, remote.StorageError) as e:
                 raise SystemExit(f"error: {e}") from e
         if run.rank == 0:
             checkpointer.prune()  # what waited for its upload
@@ -282,7 +280,7 @@ def pretrain(cfg) -> dict:
         return last
 
 
-def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict, bool]:
+def train(run: Run, checkpointer: Checkpointer) -> tuple[dict, bool]:
     """The loop: (the last logged training metrics, whether a stop request ended it early)."""
     cfg = run.cfg
     engine, start_step, saved_state = start_or_resume(run, checkpointer)
@@ -318,8 +316,7 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
             progress.step_done(step, log_now=step % cfg.train.log_every == 0 or done)
             if step % cfg.train.eval_every == 0 or done:
                 progress.log_validation(step, evaluate(run, eval_collator))
-            if step % cfg.train.checkpoint_every == 0 or done or stop_requested:
-                tag = save(checkpointer, engine, client_state(run, step, log.run_id), mirror, run.rank)
+            tag = checkpointer.step_done(engine, step, lambda: client_state(run, step, log.run_id), stop_requested)
             if stop_requested:
                 if run.rank == 0:
                     logger.warning("stopped at step %d after a stop request (checkpoint %s); run the same command "
@@ -331,7 +328,6 @@ def train(run: Run, checkpointer: Checkpointer, mirror: RunMirror) -> tuple[dict
     return progress.last, stop_requested
 
 
-
 def on_nonfinite_loss(run: Run, checkpointer: Checkpointer, step: int) -> None:
     """``train.on_nonfinite``: stop (naming the step and the checkpoint to resume from), or skip (DeepSpeed's check
     of the gradients drops the update; said here)."""
@@ -341,16 +337,3 @@ def on_nonfinite_loss(run: Run, checkpointer: Checkpointer, step: int) -> None:
                          f"train.on_nonfinite=skip")
     if run.rank == 0:
         logger.warning("non-finite training loss at step %d: its update is dropped (train.on_nonfinite=skip)", step)
-
-
-def save(checkpointer: Checkpointer, engine, state: dict, mirror: RunMirror, rank: int) -> str:
-    """Save the checkpoint of ``state["step"]`` and queue its upload; a failed save stops the run with the path and
-    the cause."""
-    try:
-        tag = checkpointer.save(engine, state["step"], state)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from e
-    if rank == 0:
-        logger.info("checkpoint of step %d saved: %s", state["step"], checkpointer.path(tag))
-    mirror.checkpoint_saved(tag)
-    return tag
