@@ -16,8 +16,8 @@ from ..cli import EXIT_INTERRUPTED
 from ..data.corpus import Corpus, Source
 from ..data.sampler import StepSampler
 from ..data.shards import DataError
-from . import metrics, optim
 from ..layout import checkpoint_tag, recorded_config
+from . import metrics, optim
 from .checkpoint import CheckpointError, Checkpointer
 from .distributed import padded_batches
 from .fork import source_checkpointer
